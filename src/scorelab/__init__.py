@@ -1,0 +1,58 @@
+"""scorelab: score functions of diffusion models.
+
+σ-space (EDM/VE) is canonical: x_σ = x0 + σ·ε, and every model is a denoiser D(x, σ) ≈ E[x0 | x_σ].
+Public names are loaded lazily so `import scorelab` stays fast.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # modules
+    "schedules": ("scorelab.schedules", None),
+    "samplers": ("scorelab.samplers", None),
+    "denoisers": ("scorelab.denoisers", None),
+    "data": ("scorelab.data", None),
+    "metrics": ("scorelab.metrics", None),
+    "diagnostics": ("scorelab.diagnostics", None),
+    "models": ("scorelab.models", None),
+    "nets": ("scorelab.nets", None),
+    # analytic models
+    "Gaussian": ("scorelab.models.gaussian", "Gaussian"),
+    "GMM": ("scorelab.models.gmm", "GMM"),
+    "Empirical": ("scorelab.models.empirical", "Empirical"),
+    "KNN": ("scorelab.models.knn", "KNN"),
+    "CFDM": ("scorelab.models.cfdm", "CFDM"),
+    "ELS": ("scorelab.models.local", "ELS"),
+    "PSPC": ("scorelab.models.local", "PSPC"),
+    "Wiener": ("scorelab.models.local", "Wiener"),
+    "load": ("scorelab.models", "load"),
+    # sampling
+    "sample": ("scorelab.sample", "sample"),
+    "SampleResult": ("scorelab.sample", "SampleResult"),
+    "teleport": ("scorelab.teleport", "teleport"),
+    # denoiser protocol
+    "score": ("scorelab.denoisers", "score"),
+    "CountingDenoiser": ("scorelab.denoisers", "CountingDenoiser"),
+    "VPDenoiser": ("scorelab.denoisers", "VPDenoiser"),
+    # neural
+    "load_model": ("scorelab.nets", "load_model"),
+    "from_diffusers": ("scorelab.nets.diffusers", "from_diffusers"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'scorelab' has no attribute {name!r}") from None
+    mod = import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

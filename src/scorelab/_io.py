@@ -1,0 +1,70 @@
+"""Atomic file writing and the safetensors + JSON-header format of fitted models and checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "scorelab"
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary path beside `path`; on success rename it over `path` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_state(path, tensors: dict, *, kind: str, config: dict | None = None) -> None:
+    """Write `tensors` (name → tensor) with a JSON header {format, kind, config} to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path, ".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_state(path, *, kind: str | None = None, device=None):
+    """Read a file written by `save_state`: returns (tensors, kind, config)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path {str(path)!r} does not exist or is not a file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types on corrupt files
+        raise ValueError(f"path {str(path)!r} is not a readable safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"path {str(path)!r} is not a scorelab file (no scorelab header)")
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"path {str(path)!r} holds a {meta.get('kind')!r}, expected a {kind!r}")
+    if device is not None:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, meta.get("kind"), json.loads(meta.get("config", "{}"))

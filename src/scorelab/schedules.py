@@ -1,0 +1,99 @@
+"""Noise schedules: 1-D float tensors of σ, strictly decreasing, ending in exactly 0.
+
+Every builder takes `n` (number of steps; the grid has n + 1 entries), `device=` and `dtype=` (float64 by
+default: step coefficients are computed in float64 and cast at use).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_positive_int, check_sigmas
+
+__all__ = ["karras", "exponential", "logsnr_uniform", "vp_linear", "vp_cosine", "append_zero", "get", "NAMES"]
+
+
+def _check_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    if not (math.isfinite(sigma_min) and sigma_min > 0):
+        raise ValueError(f"sigma_min must be a finite number > 0; got {sigma_min}")
+    if not (math.isfinite(sigma_max) and sigma_max > sigma_min):
+        raise ValueError(f"sigma_max must be finite and > sigma_min={sigma_min}; got {sigma_max}")
+    return sigma_min, sigma_max
+
+
+def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def _finish(sigmas: torch.Tensor, device, dtype) -> torch.Tensor:
+    return check_sigmas(append_zero(sigmas)).to(device=device, dtype=dtype)
+
+
+def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
+           device=None, dtype=torch.float64) -> torch.Tensor:
+    """EDM schedule (Karras et al. 2022, eq. 5): σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, then 0."""
+    n = check_positive_int(n, name="n")
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    if not (rho > 0):
+        raise ValueError(f"rho must be > 0; got {rho}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _finish((hi + ramp * (lo - hi)) ** rho, device, dtype)
+
+
+def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, device=None,
+                dtype=torch.float64) -> torch.Tensor:
+    """Log-uniform σ: σ_i = exp(log σ_max + i/(n−1)·(log σ_min − log σ_max)), then 0."""
+    n = check_positive_int(n, name="n")
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    return _finish(torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))), device, dtype)
+
+
+def logsnr_uniform(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, device=None,
+                   dtype=torch.float64) -> torch.Tensor:
+    """Uniform in log-SNR λ = −log σ (DPM-Solver's "logSNR" spacing); in σ-space this is the log-uniform grid."""
+    return exponential(n, sigma_min, sigma_max, device=device, dtype=dtype)
+
+
+def vp_linear(n: int, beta_min: float = 0.1, beta_d: float = 19.9, eps_s: float = 1e-3, *, device=None,
+              dtype=torch.float64) -> torch.Tensor:
+    """VP-SDE linear-β schedule (Song et al. 2021) uniform in t ∈ [1, ε_s]:
+    σ(t) = sqrt(exp(β_d t²/2 + β_min t) − 1), then 0."""
+    n = check_positive_int(n, name="n")
+    if not (beta_min >= 0 and beta_d > 0 and 0 < eps_s < 1):
+        raise ValueError(f"need beta_min >= 0, beta_d > 0, 0 < eps_s < 1; got {beta_min}, {beta_d}, {eps_s}")
+    t = torch.linspace(1, eps_s, n, dtype=torch.float64) if n > 1 else torch.ones(1, dtype=torch.float64)
+    return _finish(torch.sqrt(torch.expm1(beta_d * t ** 2 / 2 + beta_min * t)), device, dtype)
+
+
+def vp_cosine(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, s: float = 0.008, *, device=None,
+              dtype=torch.float64) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021), uniform in t between t(σ_max) and t(σ_min):
+    ᾱ(t) = cos²((t+s)/(1+s)·π/2) / cos²(s/(1+s)·π/2), σ = sqrt((1 − ᾱ)/ᾱ), then 0."""
+    n = check_positive_int(n, name="n")
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    if not s > 0:
+        raise ValueError(f"s must be > 0; got {s}")
+    c0 = math.cos(s / (1 + s) * math.pi / 2)
+
+    def t_of(sig):  # invert σ(t): ᾱ = 1/(1+σ²), cos((t+s)/(1+s)·π/2) = c0·sqrt(ᾱ)
+        return math.acos(c0 / math.sqrt(1 + sig ** 2)) * 2 / math.pi * (1 + s) - s
+
+    t = torch.linspace(t_of(sigma_max), t_of(sigma_min), n, dtype=torch.float64) if n > 1 else \
+        torch.tensor([t_of(sigma_max)], dtype=torch.float64)
+    abar = (torch.cos((t + s) / (1 + s) * math.pi / 2) / c0) ** 2
+    return _finish(torch.sqrt((1 - abar) / abar), device, dtype)
+
+
+NAMES = {"karras": karras, "exponential": exponential, "logsnr_uniform": logsnr_uniform,
+         "vp_linear": vp_linear, "vp_cosine": vp_cosine}
+
+
+def get(name: str, n: int, **kwargs) -> torch.Tensor:
+    """Schedule by name (for the CLI): get("karras", 18, sigma_max=80)."""
+    if name not in NAMES:
+        raise ValueError(f"schedule must be one of {sorted(NAMES)}; got {name!r}")
+    return NAMES[name](n, **kwargs)
