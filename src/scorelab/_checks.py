@@ -52,7 +52,11 @@ def check_sigma(sigma, *, name: str = "sigma", allow_zero: bool = True) -> torch
 
 
 def sigma_view(sigma, x: torch.Tensor, *, name: str = "sigma", allow_zero: bool = True) -> torch.Tensor:
-    """σ as a tensor broadcastable against x = [B, *shape]: shape [B or 1, 1, ..., 1], x's dtype and device."""
+    """σ as a tensor broadcastable against x = [B, *shape]: shape [B or 1, 1, ..., 1], x's dtype and device.
+
+    Accepts a float, a 0-d or [B] tensor, or an already broadcast [B, 1, ..., 1] tensor."""
+    if isinstance(sigma, torch.Tensor) and sigma.ndim > 1 and all(n == 1 for n in sigma.shape[1:]):
+        sigma = sigma.reshape(-1)
     s = check_sigma(sigma, name=name, allow_zero=allow_zero).to(device=x.device, dtype=x.dtype)
     if s.ndim == 1:
         if s.shape[0] not in (1, x.shape[0]):

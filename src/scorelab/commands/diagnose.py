@@ -1,0 +1,93 @@
+"""`scorelab diagnose ...`: diagnostics of samples and models. Each diagnostic is a sub-sub-command registered in
+`_DIAGNOSTICS` (name → register function).
+
+  scorelab diagnose nearest --samples FILE --data NAME|PATH --out grid.png
+      memorised fraction (d1/d2 < 1/3) and a PNG of each sample beside its nearest training images.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import add_data_args
+
+
+def load_samples(path):
+    """Samples written by `scorelab sample` or saved by hand: .npy/.npz (via scorelab.data), .pt, .safetensors."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"samples {str(p)!r} does not exist or is not a file")
+    suffix = p.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        from .. import data
+
+        x = data.resolve(str(p))
+        return x.to_tensor() if hasattr(x, "to_tensor") else x
+    if suffix in (".pt", ".pth"):
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            obj = next((obj[k] for k in ("images", "samples", "x") if k in obj), None)
+        if not isinstance(obj, torch.Tensor):
+            raise ValueError(f"samples {str(p)!r} holds no tensor (expected a tensor or a dict with 'images')")
+        return obj.float()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        t = load_file(str(p))
+        key = next((k for k in ("images", "samples", "x") if k in t), None) or next(iter(t), None)
+        if key is None:
+            raise ValueError(f"samples {str(p)!r} holds no tensor")
+        return t[key].float()
+    raise ValueError(f"samples must be a .npy, .npz, .pt or .safetensors file; got {str(p)!r}")
+
+
+def _register_nearest(sub) -> None:
+    p = sub.add_parser("nearest", help="memorised fraction (d1/d2 < 1/3) and nearest-training-image grid",
+                       description="For each sample, find its nearest training images (exact, streamed), report the "
+                                   "fraction with d1/d2 < threshold and write a PNG: each row is a sample followed by "
+                                   "its k nearest training images.")
+    p.add_argument("--samples", required=True, metavar="FILE", help="samples (.npy/.npz/.pt/.safetensors), [B,C,H,W]")
+    add_data_args(p)
+    p.add_argument("--out", required=True, metavar="PNG", help="where to write the grid")
+    p.add_argument("--k", type=int, default=3, help="training neighbours shown per sample (default: 3)")
+    p.add_argument("--n", type=int, default=16, help="samples shown in the grid (default: 16)")
+    p.add_argument("--threshold", type=float, default=1 / 3, help="d1/d2 below which a sample is memorised")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to this JSON file")
+    p.set_defaults(func=_run_nearest)
+
+
+def _run_nearest(args) -> int:
+    from .. import data as data_mod
+    from .._checks import check_positive_int
+    from .._io import write_json
+    from ..metrics.memorization import memorization, save_nearest_grid
+
+    k = check_positive_int(args.k, name="--k")
+    n = check_positive_int(args.n, name="--n")
+    samples = load_samples(args.samples)
+    train = data_mod.resolve(args.data, split=args.split, limit=args.limit)
+    if tuple(samples.shape[1:]) != tuple(train.shape[1:]):
+        raise ValueError(f"samples have shape {tuple(samples.shape[1:])} but --data has {tuple(train.shape[1:])}")
+    frac, ratios, nearest = memorization(samples, train, threshold=args.threshold, return_ratios=True)
+    save_nearest_grid(samples[:n], train, args.out, k=k)
+    result = {"samples": args.samples, "data": args.data, "n_samples": int(samples.shape[0]),
+              "threshold": args.threshold, "memorized_fraction": frac,
+              "median_ratio": float(ratios.median()), "grid": args.out}
+    if args.json:
+        write_json(args.json, {**result, "ratios": ratios.tolist(), "nearest": nearest.tolist()})
+    print(json.dumps(result))
+    return 0
+
+
+# name → function(subparsers) adding the diagnostic; other diagnostics are added here
+_DIAGNOSTICS = {"nearest": _register_nearest}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("diagnose", help="diagnostics: memorisation (nearest training images), ...",
+                       description="Diagnostics of samples and models.")
+    kinds = p.add_subparsers(dest="diagnostic", metavar="DIAGNOSTIC", required=True)
+    for add in _DIAGNOSTICS.values():
+        add(kinds)

@@ -1,0 +1,107 @@
+"""On-disk cache of Inception features and reference statistics.
+
+Location: $SCORELAB_CACHE, else ~/.cache/scorelab. Every file is written atomically (safetensors + JSON header).
+
+- Features are cached per block of `BLOCK` images, keyed by the sha1 of the block's 8-bit pixels and the
+  network's sha1: an interrupted extraction resumes, and the first 5,000 images of a split reuse the blocks
+  of the first 10,000.
+- Reference statistics (μ, Σ in float64, and n) are cached per data set / split / n / network:
+  `stats/<data>-<split>-n<N>-<net12>.safetensors` (`scorelab metrics stats --data fashion-mnist --split test`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .._io import load_state, save_state
+from .inception import check_images, default_extractor, quantize
+
+__all__ = ["cache_dir", "cached_image_features", "reference_features", "reference_stats", "BLOCK"]
+
+BLOCK = 500
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCORELAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "scorelab")
+    return Path(root)
+
+
+def _sha1(t: torch.Tensor) -> str:
+    t = t.contiguous()
+    h = hashlib.sha1(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_image_features(images: torch.Tensor, *, batch_size: int = 16, device=None, progress: bool = True,
+                          desc: str = "inception") -> torch.Tensor:
+    """Inception features [N, 2048] of images in [−1, 1], computed once per block and cached on disk."""
+    from tqdm.auto import tqdm
+
+    pixels = quantize(check_images(images)).cpu()
+    net = default_extractor(device, batch_size)
+    folder = cache_dir() / "features" / net.sha1_[:12]
+    out = []
+    blocks = range(0, pixels.shape[0], BLOCK)
+    bar = tqdm(total=pixels.shape[0], desc=desc, unit="img", disable=not progress, leave=False)
+    for i in blocks:
+        block = pixels[i:i + BLOCK]
+        path = folder / f"{_sha1(block)}.safetensors"
+        if path.is_file():
+            feats = load_state(path, kind="inception-features")[0]["features"]
+        else:
+            feats = net.from_pixels(block, progress=False)
+            save_state(path, {"features": feats}, kind="inception-features",
+                       config={"n": int(block.shape[0]), "network_sha1": net.sha1_})
+        out.append(feats)
+        bar.update(block.shape[0])
+    bar.close()
+    return torch.cat(out)
+
+
+def _stats_path(name: str, split: str, n: int, net_sha1: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_")[-60:]
+    return cache_dir() / "stats" / f"{safe}-{split}-n{n}-{net_sha1[:12]}.safetensors"
+
+
+def _load_reference(name: str, split: str, n: int | None) -> torch.Tensor:
+    from .. import data as data_module
+
+    images = data_module.load(name, split=split)
+    if n is not None:
+        if n > images.shape[0]:
+            raise ValueError(f"n={n} exceeds the {images.shape[0]} images of {name!r} split {split!r}")
+        images = images[:n]
+    return images
+
+
+def reference_features(name: str = "fashion-mnist", split: str = "test", n: int | None = None, *,
+                       batch_size: int = 16, device=None, progress: bool = True) -> torch.Tensor:
+    """Inception features of the first `n` images (all if None) of a data set split, cached."""
+    images = _load_reference(name, split, n)
+    return cached_image_features(images, batch_size=batch_size, device=device, progress=progress,
+                                 desc=f"inception {name}/{split}")
+
+
+def reference_stats(name: str = "fashion-mnist", split: str = "test", n: int | None = None, *,
+                    batch_size: int = 16, device=None, progress: bool = True):
+    """(μ, Σ, n) of the Inception features of a data set split (float64), cached per data/split/n/network."""
+    from .frechet import FeatureStats, feature_stats
+
+    net = default_extractor(device, batch_size)
+    images = _load_reference(name, split, n)
+    n = int(images.shape[0])
+    path = _stats_path(name, split, n, net.sha1_)
+    if path.is_file():
+        t, _, cfg = load_state(path, kind="reference-stats")
+        return FeatureStats(t["mu"], t["sigma"], int(cfg["n"]))
+    feats = cached_image_features(images, batch_size=batch_size, device=device, progress=progress,
+                                  desc=f"inception {name}/{split}")
+    stats = feature_stats(feats)
+    save_state(path, {"mu": stats.mu, "sigma": stats.sigma}, kind="reference-stats",
+               config={"data": str(name), "split": split, "n": n, "network_sha1": net.sha1_})
+    return stats

@@ -1,0 +1,228 @@
+"""Nearest-neighbour estimator of the empirical denoiser (Niedoba et al. 2024, "Nearest Neighbour Score
+Estimators for Diffusion Generative Models", ICML).
+
+With K the k nearest training points of x (independent of σ: the logits are −‖x − y_i‖²/2σ²) and R a uniform
+draw of n_random indices (with replacement, shared by the queries of one call), the weights of points outside K
+are estimated by importance sampling, self-normalised:
+
+    D̂(x, σ) = [Σ_{i∈K} e^{ℓ_i} y_i + (N/n) Σ_{r∈R, r∉K} e^{ℓ_r} y_r] / [Σ_{i∈K} e^{ℓ_i} + (N/n) Σ_{r∈R, r∉K} e^{ℓ_r}]
+
+The tail term is an unbiased estimate of the sum over all points outside K (not a truncation), whatever K is, so
+an approximate index (IVF, HNSW) only changes the variance. k = N (or exact=True) gives `Empirical` exactly.
+Neighbours come from faiss when installed (exact "flat", "ivf" or "hnsw"), else from an exact chunked torch
+top-k.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._checks import check_positive_int, sigma_view
+from .._io import load_state, save_state
+from .empirical import Empirical, as_rows, check_query, pack_data, unpack_data
+
+__all__ = ["KNN", "have_faiss"]
+
+INDEXES = ("auto", "flat", "ivf", "hnsw", "torch")
+
+
+def have_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class KNN:
+    """Nearest-neighbour + random-tail estimator of the empirical denoiser (Niedoba et al. 2024).
+
+    k: nearest neighbours per query; n_random: uniform tail draws with weight N/n_random (0: truncation).
+    index: "flat" (faiss exact), "ivf" (faiss inverted lists, `nlist`, `nprobe`), "hnsw" (faiss graph, `hnsw_m`,
+    `ef_search`), "torch" (exact chunked top-k, no faiss), "auto" (ivf for N ≥ 20,000 with faiss, else flat,
+    torch without faiss). exact=True: the exact `Empirical` posterior mean (no search, no sampling).
+    seed: seeds the tail draws (a fresh draw on every call, from the model's own generator).
+    """
+
+    kind = "knn"
+
+    def __init__(self, data, k: int = 64, n_random: int = 256, *, index: str = "auto", exact: bool = False,
+                 nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128,
+                 chunk_size: int = 4096, seed: int = 0, dtype=None, device=None, _index_bytes=None):
+        rows = as_rows(data)
+        if rows.tensor is None:  # neighbour search needs the data in memory
+            rows = as_rows(torch.from_numpy(np.asarray(rows.source)).to(torch.float32))
+        self.k = check_positive_int(k, name="k")
+        if self.k > rows.n:
+            raise ValueError(f"k must be <= the number of training points N={rows.n}; got {self.k}")
+        self.n_random = check_positive_int(n_random, name="n_random", minimum=0)
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}; got {index!r}")
+        if index in ("flat", "ivf", "hnsw") and not have_faiss():
+            raise ValueError(f"index={index!r} needs faiss (pip install 'scorelab[faiss]'); use index='torch'")
+        if index == "auto":
+            index = ("ivf" if rows.n >= 20000 else "flat") if have_faiss() else "torch"
+        self.index, self.exact = index, bool(exact)
+        self.nprobe = check_positive_int(nprobe, name="nprobe")
+        self.nlist = check_positive_int(nlist or max(1, min(4 * int(math.sqrt(rows.n)), rows.n // 39)), name="nlist")
+        self.hnsw_m = check_positive_int(hnsw_m, name="hnsw_m")
+        self.ef_search = check_positive_int(ef_search, name="ef_search")
+        self.chunk_size = check_positive_int(chunk_size, name="chunk_size")
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.dtype = dtype or rows.dtype
+        self.device = torch.device(device) if device is not None else rows.tensor.device
+        self.shape_ = rows.shape
+        self.empirical_ = Empirical(rows.tensor.reshape(rows.n, *rows.shape), chunk_size=chunk_size,
+                                    dtype=self.dtype, device=self.device)
+        self.data_flat_ = self.empirical_.rows_.tensor  # [N, d] in the compute dtype
+        self.norms_ = self.data_flat_.pow(2).sum(1)
+        self.index_ = None
+        if not self.exact and self.index != "torch":
+            self.index_ = self._build_index(_index_bytes)
+
+    fit = classmethod(lambda cls, data, **kw: cls(data, **kw))
+
+    @property
+    def n_samples_(self) -> int:
+        return self.data_flat_.shape[0]
+
+    @property
+    def data_(self) -> torch.Tensor:
+        return self.data_flat_.reshape(-1, *self.shape_)
+
+    # -- neighbour search --------------------------------------------------------------------------------------
+    def _build_index(self, index_bytes=None):
+        import faiss
+
+        if index_bytes is not None:
+            index = faiss.deserialize_index(np.ascontiguousarray(index_bytes.numpy()))
+        else:
+            y = np.ascontiguousarray(self.data_flat_.detach().cpu().to(torch.float32).numpy())
+            d = y.shape[1]
+            if self.index == "flat":
+                index = faiss.IndexFlatL2(d)
+            elif self.index == "ivf":
+                index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, self.nlist)
+                index.cp.seed = self.seed
+                index.train(y)
+            else:
+                index = faiss.IndexHNSWFlat(d, self.hnsw_m)
+            index.add(y)
+        if self.index == "ivf":
+            index.nprobe = self.nprobe
+        elif self.index == "hnsw":
+            index.hnsw.efSearch = max(self.ef_search, self.k)
+        return index
+
+    def neighbours(self, x: torch.Tensor) -> torch.Tensor:
+        """Indices [B, k] of the k nearest training points of each flattened query (−1 where an approximate
+        index found fewer)."""
+        q = x.reshape(x.shape[0], -1)
+        if self.index_ is not None:
+            _, idx = self.index_.search(np.ascontiguousarray(q.detach().cpu().to(torch.float32).numpy()), self.k)
+            return torch.from_numpy(idx).to(self.device)
+        best_d = torch.full((q.shape[0], 0), math.inf, dtype=self.dtype, device=self.device)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=self.device)
+        qd = q.to(device=self.device, dtype=self.dtype)
+        for start in range(0, self.n_samples_, self.chunk_size):
+            y = self.data_flat_[start:start + self.chunk_size]
+            d = self.norms_[start:start + y.shape[0]][None, :] - 2 * qd @ y.T  # ‖x−y‖² − ‖x‖²
+            cat_d = torch.cat([best_d, d], 1)
+            cat_i = torch.cat([best_i, torch.arange(start, start + y.shape[0], device=self.device).expand_as(d)], 1)
+            best_d, pos = cat_d.topk(min(self.k, cat_d.shape[1]), dim=1, largest=False)
+            best_i = cat_i.gather(1, pos)
+        return best_i
+
+    # -- the estimator -----------------------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        check_query(x, self.data_flat_.shape[1], self.shape_)
+        if self.exact:
+            return self.empirical_(x, sigma)
+        s = sigma_view(sigma, x).reshape(-1).to(torch.float64)
+        inv_var = (1.0 / s.pow(2).clamp(min=1e-30)).expand(x.shape[0]).to(self.device)
+        q = x.reshape(x.shape[0], -1).to(device=self.device)
+        nbrs = self.neighbours(q)
+        tail = torch.randint(0, self.n_samples_, (self.n_random,), generator=self.generator).to(self.device)
+        out = torch.cat([self._estimate(q[i:i + 64], inv_var[i:i + 64], nbrs[i:i + 64], tail)
+                         for i in range(0, q.shape[0], 64)])
+        return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    def _estimate(self, q, inv_var, nbrs, tail):
+        q64 = q.to(torch.float64)
+        valid = nbrs >= 0
+        y_k = self.data_flat_[nbrs.clamp(min=0)]  # [b, k, d]
+        # neighbours: direct differences, accurate at small σ
+        l_k = -0.5 * (q[:, None, :].to(self.dtype) - y_k).pow(2).sum(-1).to(torch.float64) * inv_var[:, None]
+        l_k = l_k.masked_fill(~valid, -math.inf)
+        parts_l, parts_y = [l_k], None
+        if self.n_random:
+            y_r = self.data_flat_[tail]  # [n, d]
+            # tail: one GEMM, ‖x − y‖² = ‖x‖² − 2x·y + ‖y‖² in float64 after the product
+            d2 = (q64.pow(2).sum(1, keepdim=True) - 2 * (q.to(self.dtype) @ y_r.T).to(torch.float64)
+                  + self.norms_[tail].to(torch.float64)[None, :]).clamp(min=0)
+            in_k = (nbrs[:, :, None] == tail[None, None, :]).any(1)  # tail points already counted in K
+            l_r = (-0.5 * d2 * inv_var[:, None] + math.log(self.n_samples_ / self.n_random))
+            l_r = l_r.masked_fill(in_k, -math.inf)
+            parts_l.append(l_r)
+        logits = torch.cat(parts_l, 1)
+        m = logits.max(1, keepdim=True).values
+        w = torch.exp(logits - m)  # [b, k + n]
+        num = torch.einsum("bk,bkd->bd", w[:, :self.k].to(self.dtype), y_k).to(torch.float64)
+        if self.n_random:
+            num = num + (w[:, self.k:].to(self.dtype) @ y_r).to(torch.float64)
+        return num / w.sum(1, keepdim=True)
+
+    # -- protocol ----------------------------------------------------------------------------------------------
+    def _kwargs(self) -> dict:
+        return dict(k=self.k, n_random=self.n_random, index=self.index, exact=self.exact, nlist=self.nlist,
+                    nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_search=self.ef_search, chunk_size=self.chunk_size,
+                    seed=self.seed)
+
+    def to(self, device=None, dtype=None) -> "KNN":
+        return type(self)(self.data_, **self._kwargs(), dtype=dtype or self.dtype, device=device or self.device,
+                          _index_bytes=self._index_bytes())
+
+    def _index_bytes(self):
+        if self.index_ is None:
+            return None
+        import faiss
+
+        return torch.from_numpy(faiss.serialize_index(self.index_))
+
+    def save(self, path) -> None:
+        """Stores the training data losslessly (see `Empirical.save`) and the serialised faiss index."""
+        tensors, data_cfg = pack_data(self.data_)
+        if self.index_ is not None:
+            tensors["faiss_index"] = self._index_bytes()
+        save_state(path, tensors, kind=self.kind,
+                   config={"data": data_cfg, **self._kwargs(), "dtype": str(self.dtype).split(".")[-1]})
+
+    @classmethod
+    def load(cls, path, device=None) -> "KNN":
+        tensors, _, cfg = load_state(path, kind=cls.kind)
+        data = unpack_data(tensors, cfg.pop("data"))
+        dtype = getattr(torch, cfg.pop("dtype"))
+        index_bytes = tensors.get("faiss_index")
+        if index_bytes is not None and not have_faiss():
+            raise ValueError(f"{path} holds a faiss index; install faiss (pip install 'scorelab[faiss]') to load it")
+        return cls(data, **cfg, dtype=dtype, device=device, _index_bytes=index_bytes)
+
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--k", type=int, default=64, help="nearest neighbours per query (default: 64)")
+        parser.add_argument("--n-random", type=int, default=256, help="uniform tail draws (default: 256)")
+        parser.add_argument("--index", default="auto", choices=INDEXES, help="neighbour search (default: auto)")
+        parser.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query (default: 16)")
+
+    @classmethod
+    def fit_from_cli(cls, data, args) -> "KNN":
+        from ..commands import torch_dtype
+
+        return cls(data, k=args.k, n_random=args.n_random, index=args.index, nprobe=args.nprobe, seed=args.seed,
+                   dtype=torch_dtype(args.dtype), device=args.device)
+
+    def __repr__(self) -> str:
+        return f"KNN(n={self.n_samples_}, k={self.k}, n_random={self.n_random}, index={self.index!r})"

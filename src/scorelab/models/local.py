@@ -1,0 +1,623 @@
+"""Local and patch-based analytic denoisers: ELS / LS, PSPC and the Wiener locality model.
+
+All three are posterior means under an empirical prior restricted to *neighbourhoods*: each output pixel
+(or patch) only sees part of x, and the prior is the set of training patches with that shape. With
+x_σ = x0 + σ·ε the weights are w_φ ∝ exp(−‖x_Ω − φ‖² / 2σ²). They are computed with one GEMM per chunk
+of training patches (‖x_Ω − φ‖² = ‖x_Ω‖² − 2⟨x_Ω, φ⟩ + ‖φ‖², the ‖x_Ω‖² term cancels in the softmax) and
+an exact running-max log-sum-exp, so memory is bounded by `chunk_size`, never by the number of patches.
+
+- ELS: Kamb & Ganguli, "An analytic theory of creativity in convolutional diffusion models" (2024).
+- PSPC: Niedoba et al., "Towards a mechanistic explanation of diffusion model generalization" (2025).
+- Wiener / locality masks: Lukoianov et al., "Locality in image diffusion models emerges from data
+  statistics" (2025).
+"""
+from __future__ import annotations
+
+import json
+import math
+from numbers import Real
+from pathlib import Path
+
+import torch
+
+from .._checks import check_data, check_positive_int, check_tensor, check_fraction, sigma_view
+from .._io import load_state, save_state
+
+__all__ = ["ELS", "PSPC", "Wiener", "PatchSchedule", "patch_index", "position_classes"]
+
+DEFAULT_CHUNK = 2 ** 23  # elements of one block of logits (64 MB in float64, 32 MB in float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# patch-size schedule
+
+class PatchSchedule:
+    """Patch size as a function of σ.
+
+    `spec` is an odd int (one size for every σ), a callable σ → odd int, or thresholds: a dict
+    {σ_threshold: size} or a list of (σ_threshold, size) pairs. With thresholds t_1 < … < t_k, σ gets the
+    size of the largest t_j ≤ σ (the first entry's size below t_1). `calibrate_patch_size` writes such lists.
+    """
+
+    def __init__(self, spec, *, name: str = "patch_size"):
+        self.name = name
+        if isinstance(spec, PatchSchedule):
+            spec = spec.spec
+        if callable(spec):
+            self.kind, self.spec = "callable", spec
+            return
+        if isinstance(spec, Real) and not isinstance(spec, bool):
+            self.kind, self.spec = "int", self._size(spec)
+            return
+        if isinstance(spec, str):
+            spec = self.parse(spec, name=name).spec
+            if isinstance(spec, int):
+                self.kind, self.spec = "int", spec
+                return
+        pairs = list(spec.items()) if isinstance(spec, dict) else spec
+        try:
+            pairs = [(float(t), self._size(p)) for t, p in pairs]
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ValueError) and "odd" in str(e):
+                raise
+            raise TypeError(f"{name} must be an odd int, a callable sigma -> int, a dict {{sigma: size}} or a "
+                            f"list of (sigma, size) pairs; got {spec!r}") from None
+        if not pairs:
+            raise ValueError(f"{name} schedule must have at least one (sigma, size) entry")
+        if any(not (math.isfinite(t) and t >= 0) for t, _ in pairs):
+            raise ValueError(f"{name} thresholds must be finite and >= 0; got {pairs}")
+        pairs.sort()
+        if any(a[0] == b[0] for a, b in zip(pairs, pairs[1:])):
+            raise ValueError(f"{name} thresholds must be distinct; got {pairs}")
+        self.kind, self.spec = "steps", pairs
+
+    def _size(self, p) -> int:
+        p = check_positive_int(p, name=self.name)
+        if p % 2 == 0:
+            raise ValueError(f"{self.name} must be odd (patches are centred on a pixel); got {p}")
+        return p
+
+    @classmethod
+    def parse(cls, text: str, *, name: str = "patch_size") -> "PatchSchedule":
+        """From the CLI: "5", "0:3,0.5:5,2:9" (σ_threshold:size pairs) or a JSON file from calibration."""
+        text = str(text).strip()
+        if Path(text).suffix == ".json":
+            path = Path(text)
+            if not path.is_file():
+                raise FileNotFoundError(f"{name} file {text!r} does not exist")
+            obj = json.loads(path.read_text())
+            return cls(obj["schedule"] if isinstance(obj, dict) else obj, name=name)
+        try:
+            if ":" not in text:
+                return cls(int(text), name=name)
+            return cls([(float(a), int(b)) for a, b in (item.split(":") for item in text.split(","))], name=name)
+        except ValueError as e:
+            if "odd" in str(e) or ">=" in str(e):
+                raise
+            raise ValueError(f"{name} must be an odd int, 'sigma:size,sigma:size,...' or a .json file; "
+                             f"got {text!r}") from None
+
+    def __call__(self, sigma: float) -> int:
+        if self.kind == "int":
+            return self.spec
+        if self.kind == "callable":
+            return self._size(self.spec(float(sigma)))
+        size = self.spec[0][1]
+        for t, p in self.spec:
+            if sigma >= t:
+                size = p
+        return size
+
+    def sizes(self) -> list[int]:
+        return [self.spec] if self.kind == "int" else [p for _, p in self.spec] if self.kind == "steps" else []
+
+    def to_config(self):
+        if self.kind == "callable":
+            raise ValueError(f"a callable {self.name} cannot be saved; give an int or a list of (sigma, size) "
+                             "pairs (e.g. the schedule returned by calibrate_patch_size)")
+        return self.spec if self.kind == "int" else [list(p) for p in self.spec]
+
+    def __repr__(self):
+        return f"PatchSchedule({self.spec!r})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# patch geometry: one index map serves unfolding (gather) and overlap-average reconstruction (scatter)
+
+BORDERS = ("circular", "zero", "valid")
+
+
+def patch_index(height: int, width: int, patch: int, border: str) -> torch.Tensor:
+    """[L, P²] flat pixel indices of the P×P patch at each position (row-major offsets); H·W marks a pixel
+    outside the image (zero padding). circular: L = H·W, indices wrap; zero: L = H·W; valid: patches fully
+    inside the image, L = (H−P+1)(W−P+1), positions are then the patch centres."""
+    r = patch // 2
+    if border == "valid":
+        if patch > height or patch > width:
+            raise ValueError(f"patch_size {patch} is larger than the {height}x{width} image (border='valid')")
+        ci, cj = torch.arange(r, height - r), torch.arange(r, width - r)
+    else:
+        ci, cj = torch.arange(height), torch.arange(width)
+    off = torch.arange(-r, r + 1)
+    rows = ci[:, None] + off[None, :]            # [Li, P]
+    cols = cj[:, None] + off[None, :]            # [Lj, P]
+    if border == "circular":
+        rows, cols = rows % height, cols % width
+    ri = rows[:, None, :, None].expand(len(ci), len(cj), patch, patch)
+    cj_ = cols[None, :, None, :].expand(len(ci), len(cj), patch, patch)
+    inside = (ri >= 0) & (ri < height) & (cj_ >= 0) & (cj_ < width)
+    flat = torch.where(inside, ri * width + cj_, torch.full_like(ri, height * width))
+    return flat.reshape(len(ci) * len(cj), patch * patch)
+
+
+def position_classes(height: int, width: int, patch: int, border: str) -> list[torch.Tensor]:
+    """Positions that share a training-patch pool in the equivariant model. circular/valid: all positions;
+    zero ("boundary-broken" ELS): positions whose patch has the same out-of-image mask (the same number of
+    padded rows above/below and columns left/right), so interior pixels are exactly equivariant and border
+    pixels only see patches from the same place relative to the border."""
+    if border != "zero":
+        n = height * width if border == "circular" else (height - patch + 1) * (width - patch + 1)
+        return [torch.arange(n)]
+    r = patch // 2
+    i, j = torch.arange(height), torch.arange(width)
+    ki = torch.stack([(r - i).clamp(min=0), (i + r - height + 1).clamp(min=0)], -1)   # padded rows above/below
+    kj = torch.stack([(r - j).clamp(min=0), (j + r - width + 1).clamp(min=0)], -1)
+    key = torch.cat([ki[:, None, :].expand(height, width, 2), kj[None, :, :].expand(height, width, 2)], -1)
+    _, inverse = torch.unique(key.reshape(-1, 4), dim=0, return_inverse=True)
+    return [torch.nonzero(inverse == c).flatten() for c in range(int(inverse.max()) + 1)]
+
+
+def gather_patches(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W], index [L, P²] → patches [B, L, C·P²] (channel-major), zeros outside the image."""
+    b, c = x.shape[:2]
+    flat = torch.cat([x.reshape(b, c, -1), x.new_zeros(b, c, 1)], dim=-1)
+    return flat[:, :, index].permute(0, 2, 1, 3).reshape(b, index.shape[0], -1)
+
+
+def scatter_mean(patches: torch.Tensor, index: torch.Tensor, shape) -> torch.Tensor:
+    """Overlap-average reconstruction: patches [B, L, C·P²] → image [B, C, H, W], each pixel the mean of the
+    patch predictions that cover it (padded pixels are dropped)."""
+    c, h, w = shape
+    b, n_pos, k = patches.shape[0], index.shape[0], index.shape[1]
+    vals = patches.reshape(b, n_pos, c, k).permute(0, 2, 1, 3).reshape(b, c, -1)
+    out = patches.new_zeros(b, c, h * w + 1).index_add_(2, index.reshape(-1), vals)
+    count = torch.bincount(index.reshape(-1), minlength=h * w + 1).to(patches)
+    return (out[..., :-1] / count[:-1]).reshape(b, c, h, w)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the streamed posterior mean
+
+def stream_posterior_mean(queries, inv_var, chunks) -> torch.Tensor:
+    """Σ_m softmax_m(−‖q − φ_m‖² / 2σ²) v_m for every query row, streamed over chunks of (φ, v).
+
+    queries [G, R, D]; inv_var [G or 1, R] = 1/σ² per row; chunks: iterable of (φ [G, M, D], v [G, M, K]).
+    Logits ⟨q, φ⟩/σ² − ‖φ‖²/2σ² (the row constant −‖q‖²/2σ² cancels), accumulated with a running max so
+    nothing overflows for σ → 0 and no row ever sums to zero. Returns [G, R, K]."""
+    g, r, _ = queries.shape
+    m = queries.new_full((g, r), -math.inf)
+    s = queries.new_zeros(g, r)
+    acc = None
+    iv = inv_var[..., None]
+    for phi, val in chunks:
+        half_norm = 0.5 * (phi * phi).sum(-1)                                          # [G, M]
+        logits = torch.baddbmm(-half_norm[:, None, :].expand(g, r, -1), queries, phi.transpose(1, 2)).mul_(iv)
+        m_new = torch.maximum(m, logits.amax(-1))
+        rescale = torch.exp(m - m_new)
+        w = logits.sub_(m_new[..., None]).exp_()
+        s = s * rescale + w.sum(-1)
+        part = torch.bmm(w, val)
+        acc = part if acc is None else acc * rescale[..., None] + part
+        m = m_new
+    return acc / s[..., None]
+
+
+def _chunk_counts(g: int, rows: int, per_image: int, chunk_size: int) -> tuple[int, int]:
+    """Rows per query block and training images per chunk so that G·rows·images·per_image ≤ chunk_size."""
+    per_image = max(per_image, 1)
+    row_block = max(1, min(rows, chunk_size // (g * per_image)))
+    images = max(1, chunk_size // (g * row_block * per_image))
+    return row_block, images
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared machinery of ELS and PSPC
+
+def _subset(data, n_data, seed):
+    """A random subset of n_data rows (in their original order), or all of data when n_data is None."""
+    if n_data is None:
+        return data
+    n_data = check_positive_int(n_data, name="n_data")
+    if n_data >= data.shape[0]:
+        return data
+    gen = torch.Generator().manual_seed(int(seed))
+    return data[torch.randperm(data.shape[0], generator=gen)[:n_data].sort().values]
+
+
+def _check_image_data(data, n_data, seed, name="data"):
+    data = check_data(data, name=name)
+    if data.ndim != 4:
+        raise ValueError(f"{name} must be images [N, C, H, W]; got shape {tuple(data.shape)}")
+    return _subset(data, n_data, seed)
+
+
+class _PatchPosterior:
+    """Base of ELS and PSPC: data_, a patch schedule, border handling and the streamed computation."""
+
+    kind = ""
+    borders = BORDERS
+    values = "center"  # which part of a training patch is averaged: its centre pixel or the whole patch
+
+    def __init__(self, data, patch_size=3, *, equivariant: bool = True, border: str = "circular",
+                 n_data: int | None = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK, dtype=None,
+                 device=None):
+        if border not in self.borders:
+            raise ValueError(f"border must be one of {self.borders}; got {border!r}")
+        if not isinstance(equivariant, bool):
+            raise TypeError(f"equivariant must be True or False; got {equivariant!r}")
+        self.schedule = PatchSchedule(patch_size)
+        self.equivariant, self.border = equivariant, border
+        self.chunk_size = check_positive_int(chunk_size, name="chunk_size")
+        self.n_data, self.seed = n_data, seed
+        data = _check_image_data(data, n_data, seed)
+        self.data_ = data.to(device=device, dtype=dtype if dtype is not None else data.dtype)
+        for p in self.schedule.sizes():
+            self._geometry(p)  # validates sizes against the image (border='valid')
+        self._cache = {}
+
+    @classmethod
+    def fit(cls, data, patch_size=3, **kwargs):
+        """Same as the constructor (the model is non-parametric: the fitted state is the data)."""
+        return cls(data, patch_size, **kwargs)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data_.shape[1:])
+
+    @property
+    def patch_size(self):
+        return self.schedule.spec
+
+    def _geometry(self, p):
+        key = (p, self.border)
+        if not hasattr(self, "_cache"):
+            self._cache = {}
+        if key not in self._cache:
+            _, h, w = self.shape
+            idx = patch_index(h, w, p, self.border)
+            classes = position_classes(h, w, p, self.border) if self.equivariant else None
+            self._cache[key] = (idx.to(self.data_.device), classes)
+        return self._cache[key]
+
+    # --- the denoiser
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        check_tensor(x, name="x", min_ndim=4)
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}]; got {tuple(x.shape)}")
+        s = sigma_view(sigma, x).reshape(-1).expand(x.shape[0])
+        xd = x.to(self.data_)
+        out = xd.clone()  # σ = 0: the observation is clean, D(x, 0) = x
+        sizes = {}
+        for v in torch.unique(s).tolist():
+            if v > 0:
+                sizes.setdefault(self.schedule(v), []).append(v)
+        for p, vals in sizes.items():
+            sel = torch.isin(s, torch.tensor(vals, dtype=s.dtype, device=s.device))
+            out[sel] = self._denoise(xd[sel], s[sel].to(self.data_), p)
+        return out.to(x.dtype)
+
+    def _denoise(self, x, s, p):
+        idx, classes = self._geometry(p)
+        q = gather_patches(x, idx)                                   # [B, L, D]
+        b, n_pos, _ = q.shape
+        inv_var = 1.0 / s ** 2                                       # [B]
+        if self.equivariant:
+            k = self._value_width(p)
+            out = q.new_empty(b, n_pos, k)
+            for pos in classes:
+                res = self._run(q[:, pos].reshape(1, -1, q.shape[-1]),
+                                inv_var.repeat_interleave(len(pos))[None], idx[pos], p, grouped=False)
+                out[:, pos] = res.reshape(b, len(pos), k)
+        else:
+            out = self._run(q.transpose(0, 1), inv_var[None], idx, p, grouped=True).transpose(0, 1)
+        return self._assemble(out, idx, p)
+
+    def _run(self, queries, inv_var, idx, p, *, grouped):
+        """Row-blocked, chunk-streamed posterior mean of the patch values for one pool of positions."""
+        g, rows, _ = queries.shape
+        per_image = 1 if grouped else idx.shape[0]
+        row_block, n_img = _chunk_counts(g, rows, per_image, self.chunk_size)
+        center = self._value_columns(p)
+
+        def chunks():
+            for a in range(0, self.data_.shape[0], n_img):
+                phi = gather_patches(self.data_[a:a + n_img], idx)  # [n, L', D]
+                phi = phi.transpose(0, 1) if grouped else phi.reshape(1, -1, phi.shape[-1])
+                yield phi, (phi if center is None else phi[..., center])
+
+        parts = []
+        for r0 in range(0, rows, row_block):
+            parts.append(stream_posterior_mean(queries[:, r0:r0 + row_block], inv_var[:, r0:r0 + row_block],
+                                               chunks()))
+        return torch.cat(parts, dim=1)
+
+    def _value_columns(self, p):
+        if self.values == "patch":
+            return None
+        c, r = self.shape[0], p // 2
+        return [ch * p * p + r * p + r for ch in range(c)]
+
+    def _value_width(self, p):
+        return self.shape[0] * p * p if self.values == "patch" else self.shape[0]
+
+    def _assemble(self, out, idx, p):
+        raise NotImplementedError
+
+    # --- conveniences
+    def score(self, x, sigma):
+        """(D(x, σ) − x) / σ²."""
+        return (self(x, sigma) - x) / sigma_view(sigma, x, allow_zero=False) ** 2
+
+    def with_patch_size(self, patch_size):
+        """A copy sharing data_ with another patch size or schedule (used by calibrate_patch_size)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.schedule = PatchSchedule(patch_size)
+        new._cache = dict(self._cache)
+        for p in new.schedule.sizes():
+            new._geometry(p)
+        return new
+
+    def to(self, device=None, dtype=None):
+        new = self.with_patch_size(self.schedule)
+        new.data_ = self.data_.to(device=device, dtype=dtype)
+        new._cache = {}
+        return new
+
+    def _config(self):
+        return dict(patch_size=self.schedule.to_config(), equivariant=self.equivariant, border=self.border,
+                    n_data=self.n_data, seed=self.seed, chunk_size=self.chunk_size)
+
+    def save(self, path) -> None:
+        save_state(path, {"data": self.data_}, kind=self.kind, config=self._config())
+
+    @classmethod
+    def load(cls, path, device=None):
+        tensors, _, cfg = load_state(path, kind=cls.kind, device=device)
+        ps = cfg["patch_size"]
+        ps = ps if isinstance(ps, int) else [tuple(t) for t in ps]
+        return cls(tensors["data"], ps, equivariant=cfg["equivariant"], border=cfg["border"],
+                   chunk_size=cfg["chunk_size"], seed=cfg.get("seed", 0))._restore(cfg)
+
+    def _restore(self, cfg):
+        self.n_data = cfg.get("n_data")
+        return self
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(n={self.data_.shape[0]}, shape={self.shape}, patch_size="
+                f"{self.schedule.spec!r}, equivariant={self.equivariant}, border={self.border!r})")
+
+    # --- CLI
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--patch-size", default="5", metavar="P|SIGMA:P,...|FILE.json",
+                            help="odd patch size, a schedule 'sigma:size,...' (size for sigma >= threshold) or "
+                                 "the JSON written by calibrate_patch_size (default: 5)")
+        parser.add_argument("--border", default="circular", choices=list(cls.borders),
+                            help="image border: circular wrap, zero padding (boundary-broken), valid patches")
+        parser.add_argument("--no-equivariant", dest="equivariant", action="store_false",
+                            help="use only the training patches at each pixel's own location (LS)")
+        parser.add_argument("--n-data", type=int, default=None, metavar="N",
+                            help="random subset of N training images (cost grows linearly in N)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the --n-data subset")
+        parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
+                            help="elements per block of logits (bounds memory)")
+
+    @classmethod
+    def fit_from_cli(cls, data, args):
+        return cls(data, PatchSchedule.parse(args.patch_size), equivariant=args.equivariant, border=args.border,
+                   n_data=args.n_data, seed=args.seed, chunk_size=args.chunk_size)
+
+
+class ELS(_PatchPosterior):
+    """(Equivariant) local score machine (Kamb & Ganguli 2024).
+
+    D(x, σ)_p = Σ_φ w_φ φ_centre,  w_φ ∝ exp(−‖x_{Ω_p} − φ‖² / 2σ²),
+    Ω_p the P×P patch around pixel p. ELS (`equivariant=True`): φ ranges over the training patches at every
+    location; LS (`equivariant=False`): only at p's location. `border="circular"` wraps around (exactly
+    translation-equivariant); `border="zero"` zero-pads and, in the equivariant model, breaks equivariance at
+    the border: a pixel whose patch leaves the image sees only training patches with the same padding.
+    `patch_size`: odd int, callable σ → int, or {σ_threshold: size}. `n_data`: random subset of the data
+    (cost ∝ n_data · (H·W)² · P² per image). Patch = the full image (LS, or border="zero" with P ≥ 2H−1)
+    is the empirical denoiser.
+    """
+
+    kind = "els"
+    borders = ("circular", "zero")
+    values = "center"
+
+    def _assemble(self, out, idx, p):
+        c, h, w = self.shape
+        return out.transpose(1, 2).reshape(out.shape[0], c, h, w)
+
+
+class PSPC(_PatchPosterior):
+    """Patch-set posterior composite (Niedoba et al. 2025): patch posterior means, overlap-averaged.
+
+    For every P×P patch Ω of x: E[φ | x_Ω] = Σ_φ w_φ φ,  w_φ ∝ exp(−‖x_Ω − φ‖² / 2σ²), φ over the training
+    patches (every location if `equivariant`, else Ω's own location); D(x, σ)_p = mean over the patches Ω ∋ p
+    of E[φ | x_Ω] at p. `border`: "circular" (wrap), "zero" (zero-padded, boundary-broken pools as in ELS)
+    or "valid" (only patches inside the image). Patch = full image with border="valid" is the empirical
+    denoiser.
+    """
+
+    kind = "pspc"
+    borders = BORDERS
+    values = "patch"
+
+    def _assemble(self, out, idx, p):
+        return scatter_mean(out, idx, self.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Wiener filter and its locality masks
+
+class Wiener:
+    """Linear (Wiener) denoiser of the data covariance and the masked empirical denoiser it induces.
+
+    Linear: D(x, σ) = μ + W_σ (x − μ),  W_σ = Σ (Σ + σ² I)⁻¹ = U diag(λ / (λ + σ²)) Uᵀ.
+    Locality mask of pixel p at σ: the fewest pixels q (p always included) whose squared filter weights
+    W_σ[p, q]² hold an `energy` fraction of row p's total (Lukoianov et al. 2025).
+    Masked empirical ("masked", the default): D(x, σ)_p = Σ_n w_n^p x_n[p],
+    w_n^p ∝ exp(−Σ_q M_σ[p, q] (x_q − x_n[q])² / 2σ²), streamed over the data with a running-max logsumexp.
+    energy=1 gives masks that keep every pixel with a non-zero weight (the empirical denoiser when W_σ
+    has no zero entries).
+    """
+
+    kind = "wiener"
+    MODES = ("masked", "linear")
+
+    def __init__(self, data, *, mode: str = "masked", energy: float = 0.9, n_data: int | None = None,
+                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK, dtype=None, device=None):
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}; got {mode!r}")
+        self.mode = mode
+        self.energy = check_fraction(energy, name="energy")
+        if self.energy == 0:
+            raise ValueError("energy must be in (0, 1]; got 0")
+        self.chunk_size = check_positive_int(chunk_size, name="chunk_size")
+        self.n_data, self.seed = n_data, seed
+        full = check_data(data, name="data")
+        dtype = dtype if dtype is not None else full.dtype
+        flat = full.reshape(full.shape[0], -1).to(torch.float64)
+        mean = flat.mean(0)
+        cov = torch.cov(flat.T, correction=0) if flat.shape[0] > 1 else torch.zeros(flat.shape[1], flat.shape[1],
+                                                                                     dtype=torch.float64)
+        evals, evecs = torch.linalg.eigh(cov.reshape(flat.shape[1], flat.shape[1]))
+        self.mean_ = mean.reshape(full.shape[1:]).to(device=device, dtype=dtype)
+        self.eigvals_ = evals.clamp(min=0).to(device=device, dtype=dtype)
+        self.eigvecs_ = evecs.to(device=device, dtype=dtype)
+        self.data_ = _subset(full, n_data, seed).to(device=device, dtype=dtype)
+
+    fit = classmethod(lambda cls, data, **kwargs: cls(data, **kwargs))
+    fit.__doc__ = "Same as the constructor."
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.mean_.shape)
+
+    def filter(self, sigma: float) -> torch.Tensor:
+        """W_σ = U diag(λ / (λ + σ²)) Uᵀ, [d, d]."""
+        lam = self.eigvals_
+        return (self.eigvecs_ * (lam / (lam + float(sigma) ** 2))) @ self.eigvecs_.T
+
+    def masks(self, sigma: float) -> torch.Tensor:
+        """Boolean [d, d]: row p = the locality mask of pixel p at σ."""
+        w2 = self.filter(sigma) ** 2
+        d = w2.shape[0]
+        eye = torch.eye(d, dtype=torch.bool, device=w2.device)
+        w2 = torch.where(eye, torch.full_like(w2, math.inf), w2)       # p first, always kept
+        vals, order = torch.sort(w2, dim=1, descending=True)
+        vals[:, 0] = self.filter(sigma).diagonal() ** 2
+        total = vals.sum(1, keepdim=True)
+        before = torch.cumsum(vals, 1) - vals                            # energy of the entries ranked above
+        keep = before < self.energy * total * (1 - 1e-12)
+        keep[:, 0] = True
+        if self.energy >= 1:
+            keep |= vals > 0
+        return torch.zeros_like(eye).scatter_(1, order, keep)
+
+    def linear(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """μ + U diag(λ / (λ + σ²)) Uᵀ (x − μ), per-sample σ allowed."""
+        check_tensor(x, name="x", min_ndim=2)
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}]; got {tuple(x.shape)}")
+        xd = x.to(self.mean_)
+        s = sigma_view(sigma, xd).reshape(-1, 1)
+        z = (xd - self.mean_).reshape(x.shape[0], -1) @ self.eigvecs_
+        z = z * (self.eigvals_ / (self.eigvals_ + s ** 2))
+        return (self.mean_ + (z @ self.eigvecs_.T).reshape(x.shape)).to(x.dtype)
+
+    def masked(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The masked empirical denoiser with the locality masks at each sample's σ."""
+        check_tensor(x, name="x", min_ndim=2)
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}]; got {tuple(x.shape)}")
+        s = sigma_view(sigma, x).reshape(-1).expand(x.shape[0])
+        xd = x.to(self.data_).reshape(x.shape[0], -1)
+        out = xd.clone()
+        for v in torch.unique(s).tolist():
+            if v == 0:
+                continue
+            sel = s == v
+            out[sel] = self._masked(xd[sel], v)
+        return out.reshape(x.shape).to(x.dtype)
+
+    def _masked(self, x, sigma):
+        m = self.masks(sigma).to(x.dtype)                                # [d, d]
+        data = self.data_.reshape(self.data_.shape[0], -1)
+        b, d = x.shape
+        n_chunk = max(1, self.chunk_size // max(1, b * d))
+        inv = 1.0 / (2 * sigma ** 2)
+        run_max = x.new_full((b, d), -math.inf)
+        total = x.new_zeros(b, d)
+        acc = x.new_zeros(b, d)
+        for a in range(0, data.shape[0], n_chunk):
+            xn = data[a:a + n_chunk]                                     # [n, d]
+            diff2 = (x[:, None, :] - xn[None, :, :]) ** 2                # [B, n, d]
+            logits = (diff2 @ m.T).mul_(-inv)                            # [B, n, d]: −Σ_q M[p,q](x_q − x_nq)²/2σ²
+            new_max = torch.maximum(run_max, logits.amax(1))
+            rescale = torch.exp(run_max - new_max)
+            w = logits.sub_(new_max[:, None, :]).exp_()
+            total = total * rescale + w.sum(1)
+            acc = acc * rescale + (w * xn[None]).sum(1)
+            run_max = new_max
+        return acc / total
+
+    def __call__(self, x, sigma):
+        return self.linear(x, sigma) if self.mode == "linear" else self.masked(x, sigma)
+
+    def score(self, x, sigma):
+        return (self(x, sigma) - x) / sigma_view(sigma, x, allow_zero=False) ** 2
+
+    def to(self, device=None, dtype=None):
+        new = object.__new__(Wiener)
+        new.__dict__.update(self.__dict__)
+        for k in ("mean_", "eigvals_", "eigvecs_", "data_"):
+            setattr(new, k, getattr(self, k).to(device=device, dtype=dtype))
+        return new
+
+    def save(self, path) -> None:
+        save_state(path, {"mean": self.mean_, "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
+                          "data": self.data_}, kind=self.kind,
+                   config=dict(mode=self.mode, energy=self.energy, n_data=self.n_data, seed=self.seed,
+                               chunk_size=self.chunk_size))
+
+    @classmethod
+    def load(cls, path, device=None):
+        tensors, _, cfg = load_state(path, kind=cls.kind, device=device)
+        new = object.__new__(cls)
+        new.mode, new.energy, new.chunk_size = cfg["mode"], cfg["energy"], cfg["chunk_size"]
+        new.n_data, new.seed = cfg.get("n_data"), cfg.get("seed", 0)
+        new.mean_, new.eigvals_, new.eigvecs_ = tensors["mean"], tensors["eigvals"], tensors["eigvecs"]
+        new.data_ = tensors["data"]
+        return new
+
+    def __repr__(self):
+        return f"Wiener(mode={self.mode!r}, energy={self.energy}, n={self.data_.shape[0]}, shape={self.shape})"
+
+    @classmethod
+    def add_cli_arguments(cls, parser) -> None:
+        parser.add_argument("--mode", default="masked", choices=list(cls.MODES),
+                            help="masked empirical denoiser (default) or the linear Wiener filter")
+        parser.add_argument("--energy", type=float, default=0.9,
+                            help="fraction of each filter row's squared weight kept in the locality mask")
+        parser.add_argument("--n-data", type=int, default=None, metavar="N",
+                            help="random subset of N images for the masked empirical denoiser")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the --n-data subset")
+        parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="elements per block")
+
+    @classmethod
+    def fit_from_cli(cls, data, args):
+        return cls(data, mode=args.mode, energy=args.energy, n_data=args.n_data, seed=args.seed,
+                   chunk_size=args.chunk_size)

@@ -1,0 +1,80 @@
+"""EDM preconditioning (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models",
+Table 1 and eq. 7): the network F_θ is wrapped so that the denoiser
+
+    D(x, σ) = c_skip(σ) x + c_out(σ) F_θ(c_in(σ) x, c_noise(σ), y)
+
+with c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d / sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²), c_noise = ln(σ) / 4,
+keeps F's input and training target at unit variance for every σ. The loss weight λ(σ) = 1 / c_out(σ)² makes
+λ(σ)·‖D − x0‖² = ‖F − F_target‖² (EDM eq. 8).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .._checks import sigma_view
+
+__all__ = ["EDMPrecond", "edm_coefficients", "edm_loss_weight"]
+
+# c_noise = ln(max(σ, SIGMA_FLOOR)) / 4: finite at σ = 0, where c_out = 0 anyway and D(x, 0) = x exactly.
+SIGMA_FLOOR = 1e-8
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
+    """(c_skip, c_out, c_in, c_noise) of EDM Table 1, computed in float64 (σ may be 0 or very large)."""
+    s = sigma.to(torch.float64)
+    sd2 = sigma_data ** 2
+    c_skip = sd2 / (s ** 2 + sd2)
+    c_out = s * sigma_data * torch.rsqrt(s ** 2 + sd2)
+    c_in = torch.rsqrt(s ** 2 + sd2)
+    c_noise = s.clamp(min=SIGMA_FLOOR).log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """λ(σ) = (σ² + σ_d²) / (σ σ_d)² (EDM eq. 8 weighting) = 1 / c_out²."""
+    return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+
+
+class EDMPrecond(nn.Module):
+    """σ-space denoiser D(x, σ[, class_labels]) around a raw network `net(x_in, c_noise, class_labels) -> F`.
+
+    `class_labels` (conditional models): ints in [0, n_classes), or n_classes / None for "no label".
+    Attributes: `sigma_data`, `shape_` (sample shape without batch), `n_classes` (0 = unconditional), `config`
+    (what `scorelab.nets.build` needs to rebuild the same network)."""
+
+    def __init__(self, net: nn.Module, *, sigma_data: float, shape, n_classes: int = 0, config: dict | None = None):
+        super().__init__()
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be a finite number > 0; got {sigma_data!r}")
+        self.net = net
+        self.sigma_data = float(sigma_data)
+        self.shape_ = tuple(int(s) for s in shape)
+        self.n_classes = int(n_classes)
+        self.config = dict(config or {})
+
+    def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+        if x.shape[1:] != self.shape_:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape_))}]; got {tuple(x.shape)}")
+        s = sigma_view(sigma, x).to(torch.float64)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(s, self.sigma_data)
+        c_noise = c_noise.reshape(-1).expand(x.shape[0])
+        if class_labels is not None:
+            class_labels = torch.as_tensor(class_labels, device=x.device).long().reshape(-1).expand(x.shape[0])
+            if self.n_classes == 0:
+                raise ValueError("class_labels given but the model is unconditional (n_classes=0)")
+            if (class_labels < 0).any() or (class_labels > self.n_classes).any():
+                raise ValueError(f"class_labels must be in [0, {self.n_classes}] ({self.n_classes} = no label); "
+                                 "got values outside")
+        dt = x.dtype
+        f = self.net((c_in.to(dt) * x), c_noise.to(dt), class_labels)
+        return c_skip.to(dt) * x + c_out.to(dt) * f.to(dt)
+
+    def denoiser(self):
+        """A frozen eval-mode copy for sampling: no autograd graph is built through the weights."""
+        model = copy.deepcopy(self).eval()
+        model.requires_grad_(False)
+        return model

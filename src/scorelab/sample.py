@@ -1,0 +1,216 @@
+"""`sample()`: draw images with any sampler, optionally teleporting the high-noise steps with a Gaussian.
+
+Sample i starts from x_T = σ_0·ε_i with ε_i drawn from its own generator seeded by (seed, i); stochastic
+samplers draw their step noise from the same per-sample generator, so an image depends only on (seed, i) and
+never on the batch size. Teleportation (Wang & Vastola, TMLR 2024): the first k steps of the grid are replaced by
+the Gaussian's exact probability-flow jump x_T → x(σ_k), and the solver runs on sigmas[k:].
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import samplers as _samplers
+from . import schedules
+from ._checks import check_positive_int, check_sigmas
+from .denoisers import CountingDenoiser
+
+__all__ = ["sample", "SampleResult", "sample_seed"]
+
+
+@dataclass
+class SampleResult:
+    """What `sample()` returns. `nfe`: network (denoiser) evaluations per image trajectory, i.e. per batch;
+    `teleport_nfe`: evaluations spent on the jump (0: it is a closed form, and warm_history's Gaussian denoiser
+    values are closed forms too)."""
+
+    images: torch.Tensor
+    nfe: int
+    sigmas: torch.Tensor
+    skip_index: int = 0
+    sigma_skip: float | None = None
+    seconds: float = 0.0
+    solver: str = ""
+    teleport_nfe: int = 0
+    warm_history: bool = False
+    seed: int = 0
+    solver_opts: dict = field(default_factory=dict)
+
+    def save_grid(self, path, nrow: int | None = None, **kwargs) -> None:
+        """PNG of the samples: an image grid for [n, C, H, W] (C = 1 or 3), a scatter plot for 2-D vectors."""
+        from .images import save_grid, save_scatter
+
+        x = self.images
+        if x.ndim == 4:
+            save_grid(x, path, nrow=nrow, **kwargs)
+        elif x.ndim == 2 and x.shape[1] >= 2:
+            save_scatter(x[:, :2], path, title=kwargs.get("title", f"{self.solver}, NFE {self.nfe}"),
+                         reference=kwargs.get("reference"))
+        else:
+            raise ValueError(f"images must be [n, C, H, W] or [n, d >= 2] vectors to draw; got shape {tuple(x.shape)}")
+
+    def summary(self) -> dict:
+        """JSON-ready description (no images)."""
+        return dict(solver=self.solver, solver_opts=self.solver_opts, n=int(self.images.shape[0]),
+                    shape=list(self.images.shape[1:]), nfe=self.nfe, teleport_nfe=self.teleport_nfe,
+                    steps=len(self.sigmas) - 1, skip_index=self.skip_index, sigma_skip=self.sigma_skip,
+                    warm_history=self.warm_history, seed=self.seed, seconds=round(self.seconds, 4),
+                    sigmas=[float(s) for s in self.sigmas])
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """The 63-bit seed of sample i: numpy's SeedSequence([seed, i]) (no collisions between (seed, i) pairs)."""
+    return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _per_sample_noise(gens, shape, device, dtype):
+    """Standard normal draws [len(gens), *shape], one from each sample's generator (float32 on the CPU, then cast)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device=device, dtype=dtype)
+
+
+def _resolve_grid(sigmas, steps):
+    if sigmas is not None and steps is not None:
+        raise ValueError(f"give either sigmas (a grid) or steps (Karras grid length), not both; got steps={steps}")
+    if sigmas is None:
+        return schedules.karras(check_positive_int(18 if steps is None else steps, name="steps"))
+    return check_sigmas(sigmas)
+
+
+def _resolve_skip(sigmas, teleport, skip, sigma_skip):
+    """(k, σ_k or None): how many leading steps the Gaussian jump replaces."""
+    if teleport is None:
+        if skip not in (None, 0, 0.0) or sigma_skip is not None:
+            raise ValueError("skip/sigma_skip need teleport=a fitted scorelab.Gaussian to jump with")
+        return 0, None
+    if not hasattr(teleport, "trajectory"):
+        raise TypeError(f"teleport must be a fitted scorelab.Gaussian (with .trajectory); got {type(teleport).__name__}")
+    if isinstance(skip, str):
+        if skip != "auto":
+            raise ValueError(f"skip must be a fraction in [0, 1) or 'auto'; got {skip!r}")
+        raise NotImplementedError(
+            "skip='auto' is reserved: pick σ_skip with scorelab.diagnostics.suggest_skip(reference, gaussian, data, "
+            "sigmas) on held-out data and pass it as sigma_skip=")
+    from .teleport import skip_index
+
+    k = skip_index(sigmas, skip=skip, sigma_skip=sigma_skip)
+    return k, (float(sigmas[k]) if k > 0 else None)
+
+
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _check_solver_opts(fn, name: str, opts: dict) -> None:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    reserved = {"denoiser", "x", "sigmas", "callback", "generator", "noise_sampler", "history"}
+    allowed = [p for p in params if p not in reserved]
+    bad = sorted(set(opts) - set(allowed))
+    if bad:
+        raise TypeError(f"solver {name!r} has no option {', '.join(bad)}; its options are {allowed or 'none'}")
+
+
+def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: int = 0, teleport=None, skip=None,
+           sigma_skip=None, warm_history: bool = False, batch_size: int = 64, device=None, dtype=torch.float32,
+           callback=None, progress: bool = False, *, steps: int | None = None, **solver_opts) -> SampleResult:
+    """Draw `n` samples x_0 from `denoiser` by solving from x_T = σ_0·ε on the grid `sigmas` with `solver`.
+
+    - `shape`: sample shape (default: the denoiser's `shape_` if it has one, else (1, 28, 28)).
+    - `sigmas`: a σ grid (default `schedules.karras(steps or 18)`); `solver`: a name in `samplers.SAMPLERS` or a
+      sampler function; `**solver_opts` go to it (e.g. eta=, S_churn=, order=).
+    - `seed`: sample i uses a torch.Generator seeded by `sample_seed(seed, i)` for its initial noise and its step
+      noise, so results do not depend on `batch_size`.
+    - `teleport=g` (a fitted `Gaussian`) with `skip` (fraction of steps) or `sigma_skip`: k = teleport.skip_index,
+      x(σ_k) = g's exact jump from x_T, the solver runs on sigmas[k:]. `warm_history=True` (multistep solvers)
+      also hands the solver g's denoiser values on g's trajectory at the skipped grid points, so its first
+      network step is already high order (no network NFE).
+    - `callback(info)`: the sampler's dict plus `batch` (batch index); `progress`: a tqdm bar over steps.
+    Returns a `SampleResult` (images [n, *shape] on `device` in `dtype`, nfe per trajectory, timings).
+    """
+    t0 = time.perf_counter()
+    n = check_positive_int(n, name="n")
+    batch_size = check_positive_int(batch_size, name="batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x, sigma); got {type(denoiser).__name__}")
+    if shape is None:
+        shape = tuple(getattr(denoiser, "shape_", None) or (1, 28, 28))
+    try:
+        shape = tuple(check_positive_int(s, name="shape entries") for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of positive ints (e.g. (1, 28, 28)); got {shape!r}") from None
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+    if device is None:
+        device = getattr(denoiser, "device", None)
+        device = device if isinstance(device, (torch.device, str)) else "cpu"
+    device = torch.device(device)
+
+    if callable(solver):
+        solver_fn, solver_name = solver, getattr(solver, "__name__", "custom")
+    else:
+        solver_fn, solver_name = _samplers.get(solver), solver
+    _check_solver_opts(solver_fn, solver_name, solver_opts)
+    grid = _resolve_grid(sigmas, steps)
+    k, sig_k = _resolve_skip(grid, teleport, skip, sigma_skip)
+    if warm_history:
+        if teleport is None or k == 0:
+            raise ValueError("warm_history=True needs teleport=a Gaussian and a skip that replaces >= 1 step")
+        if not _accepts(solver_fn, "history"):
+            raise ValueError(f"warm_history=True needs a multistep solver {list(_samplers.MULTISTEP)}; "
+                             f"got {solver_name!r}")
+    run_grid = grid[k:]
+    stochastic = _accepts(solver_fn, "noise_sampler")
+
+    counted = CountingDenoiser(denoiser)
+    n_batches = math.ceil(n / batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_batches * (len(run_grid) - 1), desc=f"sample {solver_name}", unit="step", leave=False)
+    images, nfe_per_batch = [], []
+    try:
+        for b in range(n_batches):
+            idx = range(b * batch_size, min(n, (b + 1) * batch_size))
+            gens = [torch.Generator().manual_seed(sample_seed(int(seed), i)) for i in idx]
+            x = _per_sample_noise(gens, shape, device, dtype) * float(grid[0])
+            opts = dict(solver_opts)
+            if k > 0:
+                traj = teleport.trajectory(x, grid[:k + 1])            # exact Gaussian PF-ODE path, [k+1, B, ...]
+                x = traj[-1]
+                if warm_history:
+                    opts["history"] = [(float(grid[j]), teleport(traj[j], float(grid[j])))
+                                       for j in range(max(0, k - 3), k)]
+            if stochastic:
+                opts["noise_sampler"] = lambda s, s_next, gens=gens: _per_sample_noise(gens, shape, device, dtype)
+
+            def step_cb(info, b=b):
+                if bar is not None:
+                    bar.update(1)
+                if callback is not None:
+                    callback(dict(info, batch=b))
+
+            before = counted.nfe
+            x = solver_fn(counted, x, run_grid.to(device), callback=step_cb, **opts)
+            nfe_per_batch.append(counted.nfe - before)
+            images.append(x)
+    finally:
+        if bar is not None:
+            bar.close()
+    if len(set(nfe_per_batch)) != 1:  # a sampler whose NFE depends on the data: report the largest
+        nfe = max(nfe_per_batch)
+    else:
+        nfe = nfe_per_batch[0]
+    return SampleResult(images=torch.cat(images), nfe=nfe, sigmas=grid, skip_index=k, sigma_skip=sig_k,
+                        seconds=time.perf_counter() - t0, solver=solver_name, teleport_nfe=0,
+                        warm_history=bool(warm_history), seed=int(seed),
+                        solver_opts={kk: v for kk, v in solver_opts.items() if isinstance(v, (int, float, str, bool))})

