@@ -264,7 +264,7 @@ def test_inception_features_on_a_few_images(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path))
     g = torch.Generator().manual_seed(18)
-    gray = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    gray = torch.randint(0, 256, (3, 1, 16, 16), generator=g) / 127.5 - 1  # exact 8-bit levels
     f = cached_image_features(gray, batch_size=3, progress=False)
     assert f.shape == (3, 2048) and torch.isfinite(f).all() and (f >= 0).all()  # pool3 after ReLU
     assert (f[0] - f[1]).abs().max() > 1e-3  # different images → different features

@@ -28,9 +28,8 @@ _LAZY = {
     "Wiener": ("scorelab.models.local", "Wiener"),
     "load": ("scorelab.models", "load"),
     # sampling
-    "sample": ("scorelab.sample", "sample"),
     "SampleResult": ("scorelab.sample", "SampleResult"),
-    "teleport": ("scorelab.teleport", "teleport"),
+    "initial_noise": ("scorelab.sample", "initial_noise"),
     # denoiser protocol
     "score": ("scorelab.denoisers", "score"),
     "CountingDenoiser": ("scorelab.denoisers", "CountingDenoiser"),
@@ -40,7 +39,12 @@ _LAZY = {
     "from_diffusers": ("scorelab.nets.diffusers", "from_diffusers"),
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+# `sample` and `teleport` are both modules and the functions users call: bind the functions now, so that a later
+# `import scorelab.sample` (already in sys.modules) cannot rebind the package attribute to the module.
+from .sample import sample  # noqa: E402
+from .teleport import teleport  # noqa: E402
+
+__all__ = sorted(_LAZY) + ["__version__", "sample", "teleport"]
 
 
 def __getattr__(name):

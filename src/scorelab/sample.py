@@ -68,6 +68,12 @@ def sample_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def initial_noise(n: int, shape, seed: int = 0, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The standard-normal ε_i that `sample(..., seed=seed)` starts sample i from (x_T = σ_0·ε_i), i < n."""
+    gens = [torch.Generator().manual_seed(sample_seed(int(seed), i)) for i in range(n)]
+    return _per_sample_noise(gens, tuple(shape), torch.device(device or "cpu"), dtype)
+
+
 def _per_sample_noise(gens, shape, device, dtype):
     """Standard normal draws [len(gens), *shape], one from each sample's generator (float32 on the CPU, then cast)."""
     return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device=device, dtype=dtype)

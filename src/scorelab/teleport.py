@@ -12,8 +12,6 @@ Applications" (TMLR 2024), Sec. 5.
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import torch
 
@@ -75,13 +73,3 @@ def skip_index(sigmas, skip=None, sigma_skip=None) -> int:
         return k
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    """`sl.teleport(g, x_T, sigma_T, sigma_skip)` must work even after `import scorelab.teleport` has replaced the
-    package attribute `scorelab.teleport` (the function) by this module: calling the module calls `teleport`."""
-
-    def __call__(self, gaussian, x_T, sigma_T, sigma_skip):
-        return teleport(gaussian, x_T, sigma_T, sigma_skip)
-
-
-sys.modules[__name__].__class__ = _CallableModule

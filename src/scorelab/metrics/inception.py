@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,7 +85,9 @@ class InceptionFeatures:
             raise FileNotFoundError(f"path {str(self.path)!r} does not exist")
         self.device = torch.device(device or "cpu")
         self.batch_size = check_positive_int(batch_size, name="batch_size")
-        self.net_ = torch.jit.load(str(self.path), map_location=self.device).eval()
+        with warnings.catch_warnings():  # torch ≥ 2.9 marks jit.load deprecated; the file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net_ = torch.jit.load(str(self.path), map_location=self.device).eval()
         self._sha1 = None
 
     @property

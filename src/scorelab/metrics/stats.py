@@ -71,11 +71,14 @@ def _stats_path(name: str, split: str, n: int, net_sha1: str) -> Path:
 def _load_reference(name: str, split: str, n: int | None) -> torch.Tensor:
     from .. import data as data_module
 
-    images = data_module.load(name, split=split)
+    images = data_module.resolve(name, split=split)
     if n is not None:
         if n > images.shape[0]:
             raise ValueError(f"n={n} exceeds the {images.shape[0]} images of {name!r} split {split!r}")
         images = images[:n]
+    if images.ndim != 4:
+        raise ValueError(f"data {name!r} must hold images [N, C, H, W] for Inception statistics; "
+                         f"got shape {tuple(images.shape)}")
     return images
 
 

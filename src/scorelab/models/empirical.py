@@ -10,8 +10,9 @@ of Σ w_i and Σ w_i y_i across chunks (the weighted sum of a chunk is a second 
 
 Precision at small σ: with float32 data the GEMM's rounding error δ (≲ √d·ε·(‖x‖·max‖y‖ + max‖y‖²/2)) is
 amplified to δ/σ² in the logits. Rows where that bound exceeds `refine_tol` are refined: every entry within
-T + 2δ/σ² of the running maximum (T = 25 + log N, so the rest carries < e^{-25} of the weight) is recomputed
-in float64 as −‖x − y_i‖²/2σ². As σ → 0 the output is the nearest training point (no NaN); as σ → ∞ the mean.
+T + 2δ/σ² of the running maximum (T = 25 + log N) is recomputed in float64 as −‖x − y_i‖²/2σ²; the rest, which
+together carry less than e^{-25} of the weight, are dropped. As σ → 0 the output is the nearest training point
+(no NaN); as σ → ∞ the data mean.
 """
 from __future__ import annotations
 
@@ -191,44 +192,59 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
                                                                                     torch.Tensor]:
     """Streamed softmax statistics for queries x [B, d] against all rows, with inv_var = 1/σ² [B] (float64).
 
-    Returns float64 (m, z, s): running max of the logits ℓ_i, z = Σ e^{ℓ_i − m}, s = Σ e^{ℓ_i − m} y_i,
-    where ℓ_i = (x·y_i − ‖y_i‖²/2)/σ² (rows not refined) or −‖x − y_i‖²/2σ² (rows refined)."""
+    Returns float64 (m, z, s): the running maximum m of the logits ℓ_i, z = Σ e^{ℓ_i − m}, s = Σ e^{ℓ_i − m} y_i.
+    Plain rows use ℓ_i = (x·y_i − ‖y_i‖²/2)/σ² straight from the GEMM (the ‖x‖² term cancels). Refined rows
+    (GEMM error bound δ/σ² > refine_tol) use ℓ_i = −‖x − y_i‖²/2σ² computed in float64 for every candidate
+    within T + 2δ/σ² of the running maximum, T = 25 + log N; the others, each below e^{-T} of the maximum and
+    together below e^{-25} of the total weight, are left out."""
     B, d = x.shape
     dev = x.device
-    xq = x.to(dtype)
     x64 = x.to(torch.float64)
     m = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
     z = torch.zeros(B, dtype=torch.float64, device=dev)
     s = torch.zeros(B, d, dtype=torch.float64, device=dev)
     eps = torch.finfo(dtype).eps
     xnorm = x64.norm(dim=1)
-    delta = math.sqrt(d) * eps * (xnorm * ymax + ymax ** 2 / 2) + 1e-300  # GEMM error bound, per row
+    # bound on the GEMM's error in x·y − ‖y‖²/2, incl. rounding the result and the ‖x‖²/2 shift to `dtype`
+    delta = math.sqrt(d + 1) * eps * (xnorm * ymax + ymax ** 2 / 2 + xnorm ** 2 / 2) + 1e-300
     refine = (delta * inv_var) > refine_tol
-    any_refine = bool(refine.any())
+    rows_r = refine.nonzero().flatten()
+    rows_p = (~refine).nonzero().flatten()
+    all_plain, all_refined = rows_r.numel() == 0, rows_p.numel() == 0
     margin = 25 + math.log(max(rows.n, 1)) + 2 * delta * inv_var
-    x_aug = torch.cat([xq * inv_var.to(dtype)[:, None], (-0.5 * inv_var).to(dtype)[:, None]], dim=1)
-    offset = 0.5 * x64.pow(2).sum(1) * inv_var  # ‖x‖²/2σ²: turns x·y − ‖y‖²/2 into −‖x − y‖²/2
+    offset = 0.5 * x64.pow(2).sum(1) * inv_var  # ‖x‖²/2σ²: (x·y − ‖y‖²/2)/σ² − ‖x‖²/2σ² = −‖x − y‖²/2σ²
+    x_aug = torch.cat([x.to(dtype) * inv_var.to(dtype)[:, None], (-0.5 * inv_var).to(dtype)[:, None]], dim=1)
     for start, y in rows.chunks(chunk_size, dtype=dtype, device=dev):
         y_aug = torch.cat([y, y.pow(2).sum(1, keepdim=True)], dim=1)
         logits = x_aug @ y_aug.T  # (x·y − ‖y‖²/2)/σ²  [B, n]
         if query_labels is not None:
             logits.masked_fill_(labels[start:start + y.shape[0]][None, :] != query_labels[:, None], -math.inf)
-        if any_refine:
-            logits = logits.to(torch.float64)
-            logits[refine] -= offset[refine, None]
-            top = torch.maximum(m, logits.max(1).values)
-            cand = (logits >= (top - margin)[:, None]) & refine[:, None] & torch.isfinite(logits)
-            b, j = cand.nonzero(as_tuple=True)
-            y64 = y.to(torch.float64)
-            for k in range(0, b.numel(), 8192):  # exact −‖x − y‖²/2σ² in float64 for the candidates
-                bb, jj = b[k:k + 8192], j[k:k + 8192]
-                logits[bb, jj] = -0.5 * (x64[bb] - y64[jj]).pow(2).sum(1) * inv_var[bb]
         m_new = torch.maximum(m, logits.max(1).values.to(torch.float64))
+        if not all_plain:  # exact logits for the candidates of refined rows, in float64
+            lr = logits if all_refined else logits[rows_r]
+            # candidates: within the margin of max(chunk max, running max) — in the GEMM's convention
+            top = torch.maximum(lr.max(1).values.to(torch.float64), m[rows_r] + offset[rows_r])
+            thr = (top - margin[rows_r]).to(dtype)
+            rb, j = ((lr >= thr[:, None]) & (lr > -math.inf)).nonzero(as_tuple=True)
+            b = rows_r[rb]
+            exact = torch.empty(b.numel(), dtype=torch.float64, device=dev)
+            for k in range(0, b.numel(), 8192):
+                bb, jj = b[k:k + 8192], j[k:k + 8192]
+                exact[k:k + 8192] = -0.5 * (x64[bb] - y[jj].to(torch.float64)).pow(2).sum(1) * inv_var[bb]
+            m_new[rows_r] = m[rows_r]
+            m_new.scatter_reduce_(0, b, exact, reduce="amax")
         shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-        w = torch.exp(logits - shift.to(logits.dtype)[:, None])
+        if all_plain:
+            w = logits.sub_(shift.to(dtype)[:, None]).exp_()
+        else:
+            w = torch.zeros_like(logits) if all_refined else logits
+            if not all_refined:
+                w[rows_p] = (logits[rows_p] - shift[rows_p].to(dtype)[:, None]).exp_()
+                w[rows_r] = 0
+            w[b, j] = torch.exp(exact - shift[b]).to(dtype)
         scale = torch.exp(m - shift)
-        z = z * scale + w.sum(1, dtype=torch.float64)
-        s = s * scale[:, None] + (w.to(dtype) @ y).to(torch.float64)
+        z = z * scale + w.sum(1).to(torch.float64)
+        s = s * scale[:, None] + (w @ y).to(torch.float64)
         m = m_new
     return m, z, s
 

@@ -171,15 +171,41 @@ class GMM:
         return logp, self.means_[c].reshape(1, -1) + shrunk
 
     def _log_joint(self, x: torch.Tensor, sigma, chunk_size: int = 8192) -> torch.Tensor:
-        """log π_c + log N(x; μ_c, Σ_c + σ²I) for flattened x [B, d]: [B, K]."""
+        """log π_c + log N(x; μ_c, Σ_c + σ²I) for flattened x [B, d]: [B, K].
+
+        "diag" and "lowrank" use GEMMs over all components at once: ‖x − μ‖² = ‖x‖² − 2x·μ + ‖μ‖² and
+        p = Uᵀx − Uᵀμ (float64 keeps the cancellation harmless); "full" loops over components."""
         var = torch.as_tensor(sigma, dtype=self.dtype, device=self.device).reshape(-1) ** 2
-        out = torch.empty(x.shape[0], self.n_components, dtype=self.dtype, device=self.device)
+        K, d = self.n_components, self.dim
+        out = torch.empty(x.shape[0], K, dtype=self.dtype, device=self.device)
         logw = torch.log(self.weights_)
+        mu = self.means_.reshape(K, d)
+        low = self.covariance == "lowrank"
+        if low:
+            r = self.rank_
+            u_cat = self.eigvecs_.permute(1, 0, 2).reshape(d, K * r)  # [d, K·r]
+            u_mu = torch.einsum("kdr,kd->kr", self.eigvecs_, mu)  # [K, r]
         for i in range(0, x.shape[0], chunk_size):
-            xb = x[i:i + chunk_size].to(self.dtype)
-            vb = var.expand(x.shape[0])[i:i + chunk_size]
-            for c in range(self.n_components):
-                out[i:i + chunk_size, c] = logw[c] + self._component(c, xb, vb, False)[0]
+            xb = x[i:i + chunk_size].to(device=self.device, dtype=self.dtype)
+            vb = var.expand(x.shape[0])[i:i + chunk_size][:, None]  # [b, 1]
+            if self.covariance == "full":
+                for c in range(K):
+                    out[i:i + chunk_size, c] = logw[c] + self._component(c, xb, vb[:, 0], False)[0]
+                continue
+            if self.covariance == "diag":
+                v = self.variances_[None, :, :] + vb[:, :, None]  # [b, K, d]
+                maha = torch.einsum("bd,bkd->bk", xb ** 2, 1 / v) - 2 * torch.einsum("bd,bkd->bk", xb, mu / v) \
+                    + torch.einsum("kd,bkd->bk", mu ** 2, 1 / v)
+                logdet = torch.log(v).sum(-1)
+            else:
+                dist2 = ((xb ** 2).sum(1, keepdim=True) - 2 * xb @ mu.T + (mu ** 2).sum(1)[None, :]).clamp(min=0)
+                p = (xb @ u_cat).reshape(-1, K, r) - u_mu[None]  # [b, K, r]
+                lv = self.eigvals_[None] + vb[:, :, None]  # [b, K, r]
+                rv = self.residual_var_[None, :] + vb  # [b, K]
+                p2 = p ** 2
+                maha = (p2 / lv).sum(-1) + (dist2 - p2.sum(-1)).clamp(min=0) / rv
+                logdet = torch.log(lv).sum(-1) + (d - r) * torch.log(rv)
+            out[i:i + chunk_size] = logw[None, :] - 0.5 * (maha + logdet + d * LOG_2PI)
         return out
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -286,14 +312,15 @@ def _nearest(x, centers, chunk_size):
 def _kmeans(x, K, iters, g, chunk_size):
     """k-means++ seeding (D² sampling), then `iters` Lloyd steps."""
     N = x.shape[0]
+    x2 = x.pow(2).sum(1)
     idx = [int(torch.randint(0, N, (1,), generator=g))]
-    d2 = (x - x[idx[0]]).pow(2).sum(1)
+    d2 = (x2 - 2 * x @ x[idx[0]] + x2[idx[0]]).clamp(min=0)
     for _ in range(1, K):
-        p = d2.clamp(min=0).cpu()
+        p = d2.cpu()
         j = int(torch.multinomial(p / p.sum(), 1, generator=g)) if p.sum() > 0 else \
             int(torch.randint(0, N, (1,), generator=g))
         idx.append(j)
-        d2 = torch.minimum(d2, (x - x[j]).pow(2).sum(1))
+        d2 = torch.minimum(d2, (x2 - 2 * x @ x[j] + x2[j]).clamp(min=0))
     centers = x[idx].clone()
     for _ in range(iters):
         lab = _nearest(x, centers, chunk_size)

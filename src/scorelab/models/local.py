@@ -25,7 +25,8 @@ from .._io import load_state, save_state
 
 __all__ = ["ELS", "PSPC", "Wiener", "PatchSchedule", "patch_index", "position_classes"]
 
-DEFAULT_CHUNK = 2 ** 23  # elements of one block of logits (64 MB in float64, 32 MB in float32)
+DEFAULT_CHUNK = 2 ** 20  # elements of one block of logits (8 MB in float64): small blocks stay in cache
+DEFAULT_BANK = 2 ** 25   # largest de-duplicated patch bank kept in memory (elements; 256 MB in float64)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -188,28 +189,39 @@ def scatter_mean(patches: torch.Tensor, index: torch.Tensor, shape) -> torch.Ten
 # ----------------------------------------------------------------------------------------------------------
 # the streamed posterior mean
 
-def stream_posterior_mean(queries, inv_var, chunks) -> torch.Tensor:
-    """Σ_m softmax_m(−‖q − φ_m‖² / 2σ²) v_m for every query row, streamed over chunks of (φ, v).
+def augment(phi: torch.Tensor, log_count: torch.Tensor | None = None) -> torch.Tensor:
+    """Training patches [G, M, D] → [G, M, D+2] = [φ, ‖φ‖², log multiplicity] (the GEMM side of the logits)."""
+    lc = phi.new_zeros(*phi.shape[:-1], 1) if log_count is None else log_count[..., None].to(phi)
+    return torch.cat([phi, (phi * phi).sum(-1, keepdim=True), lc], dim=-1)
 
-    queries [G, R, D]; inv_var [G or 1, R] = 1/σ² per row; chunks: iterable of (φ [G, M, D], v [G, M, K]).
-    Logits ⟨q, φ⟩/σ² − ‖φ‖²/2σ² (the row constant −‖q‖²/2σ² cancels), accumulated with a running max so
-    nothing overflows for σ → 0 and no row ever sums to zero. Returns [G, R, K]."""
+
+def stream_posterior_mean(queries, inv_var, chunks) -> torch.Tensor:
+    """Σ_m c_m e^{−‖q − φ_m‖²/2σ²} v_m / Σ_m c_m e^{−‖q − φ_m‖²/2σ²} for every query row, streamed over chunks.
+
+    queries [G, R, D]; inv_var [G or 1, R] = 1/σ² per row; chunks: iterable of (augment(φ, log c) [G, M, D+2],
+    v [G, M, K]) with multiplicities c (1 unless the bank was de-duplicated). The logits
+    ⟨q, φ⟩/σ² − ‖φ‖²/2σ² + log c (the row constant −‖q‖²/2σ² cancels) are one GEMM of [q/σ², −1/2σ², 1]
+    with the augmented patches; a running max makes the log-sum-exp exact (no overflow as σ → 0, no row
+    summing to zero). Returns [G, R, K]."""
     g, r, _ = queries.shape
-    m = queries.new_full((g, r), -math.inf)
-    s = queries.new_zeros(g, r)
-    acc = None
-    iv = inv_var[..., None]
-    for phi, val in chunks:
-        half_norm = 0.5 * (phi * phi).sum(-1)                                          # [G, M]
-        logits = torch.baddbmm(-half_norm[:, None, :].expand(g, r, -1), queries, phi.transpose(1, 2)).mul_(iv)
-        m_new = torch.maximum(m, logits.amax(-1))
-        rescale = torch.exp(m - m_new)
-        w = logits.sub_(m_new[..., None]).exp_()
-        s = s * rescale + w.sum(-1)
-        part = torch.bmm(w, val)
-        acc = part if acc is None else acc * rescale[..., None] + part
+    iv = inv_var.expand(g, r)[..., None]
+    q_aug = torch.cat([queries * iv, -0.5 * iv, torch.ones_like(iv)], dim=-1)             # [G, R, D+2]
+    m = queries.new_full((g, r, 1), -math.inf)
+    acc = total = None
+    for phi_aug, val in chunks:
+        # (with G = 1 a plain mm: bmm copies a transposed right operand, mm hands it to BLAS as is)
+        logits = torch.mm(q_aug[0], phi_aug[0].T)[None] if g == 1 else torch.bmm(q_aug, phi_aug.transpose(1, 2))
+        m_new = torch.maximum(m, logits.amax(-1, keepdim=True))                          # logits: [G, R, M]
+        w = logits.sub_(m_new).exp_()
+        s = w.sum(-1, keepdim=True)
+        part = torch.mm(w[0], val[0])[None] if g == 1 else torch.bmm(w, val)             # [G, R, K]
+        if acc is None:
+            acc, total = part, s
+        else:
+            rescale = torch.exp(m - m_new)
+            acc, total = torch.addcmul(part, acc, rescale), torch.addcmul(s, total, rescale)
         m = m_new
-    return acc / s[..., None]
+    return acc / total
 
 
 def _chunk_counts(g: int, rows: int, per_image: int, chunk_size: int) -> tuple[int, int]:
@@ -249,8 +261,8 @@ class _PatchPosterior:
     values = "center"  # which part of a training patch is averaged: its centre pixel or the whole patch
 
     def __init__(self, data, patch_size=3, *, equivariant: bool = True, border: str = "circular",
-                 n_data: int | None = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK, dtype=None,
-                 device=None):
+                 n_data: int | None = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK, dedup: bool = True,
+                 bank_limit: int = DEFAULT_BANK, dtype=None, device=None):
         if border not in self.borders:
             raise ValueError(f"border must be one of {self.borders}; got {border!r}")
         if not isinstance(equivariant, bool):
@@ -258,6 +270,8 @@ class _PatchPosterior:
         self.schedule = PatchSchedule(patch_size)
         self.equivariant, self.border = equivariant, border
         self.chunk_size = check_positive_int(chunk_size, name="chunk_size")
+        self.bank_limit = check_positive_int(bank_limit, name="bank_limit")
+        self.dedup = bool(dedup)
         self.n_data, self.seed = n_data, seed
         data = _check_image_data(data, n_data, seed)
         self.data_ = data.to(device=device, dtype=dtype if dtype is not None else data.dtype)
@@ -273,6 +287,8 @@ class _PatchPosterior:
     @property
     def shape(self) -> tuple:
         return tuple(self.data_.shape[1:])
+
+    shape_ = shape  # read by sl.sample for the sample shape
 
     @property
     def patch_size(self):
@@ -290,6 +306,7 @@ class _PatchPosterior:
         return self._cache[key]
 
     # --- the denoiser
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         check_tensor(x, name="x", min_ndim=4)
         if tuple(x.shape[1:]) != self.shape:
@@ -314,32 +331,55 @@ class _PatchPosterior:
         if self.equivariant:
             k = self._value_width(p)
             out = q.new_empty(b, n_pos, k)
-            for pos in classes:
+            for c, pos in enumerate(classes):
                 res = self._run(q[:, pos].reshape(1, -1, q.shape[-1]),
-                                inv_var.repeat_interleave(len(pos))[None], idx[pos], p, grouped=False)
+                                inv_var.repeat_interleave(len(pos))[None], idx[pos], p, grouped=False, pool=c)
                 out[:, pos] = res.reshape(b, len(pos), k)
         else:
             out = self._run(q.transpose(0, 1), inv_var[None], idx, p, grouped=True).transpose(0, 1)
         return self._assemble(out, idx, p)
 
-    def _run(self, queries, inv_var, idx, p, *, grouped):
+    def _run(self, queries, inv_var, idx, p, *, grouped, pool=None):
         """Row-blocked, chunk-streamed posterior mean of the patch values for one pool of positions."""
         g, rows, _ = queries.shape
-        per_image = 1 if grouped else idx.shape[0]
-        row_block, n_img = _chunk_counts(g, rows, per_image, self.chunk_size)
         center = self._value_columns(p)
+        bank = None if grouped else self._bank(idx, p, pool)
+        if bank is not None:
+            phi_aug, values = bank
+            row_block, per = _chunk_counts(g, rows, 1, self.chunk_size)
 
-        def chunks():
-            for a in range(0, self.data_.shape[0], n_img):
-                phi = gather_patches(self.data_[a:a + n_img], idx)  # [n, L', D]
-                phi = phi.transpose(0, 1) if grouped else phi.reshape(1, -1, phi.shape[-1])
-                yield phi, (phi if center is None else phi[..., center])
+            def chunks():
+                for a in range(0, phi_aug.shape[1], per):
+                    yield phi_aug[:, a:a + per], values[:, a:a + per]
+        else:
+            row_block, n_img = _chunk_counts(g, rows, 1 if grouped else idx.shape[0], self.chunk_size)
+
+            def chunks():
+                for a in range(0, self.data_.shape[0], n_img):
+                    phi = gather_patches(self.data_[a:a + n_img], idx)  # [n, L', D]
+                    phi = phi.transpose(0, 1) if grouped else phi.reshape(1, -1, phi.shape[-1])
+                    yield augment(phi), (phi if center is None else phi[..., center])
 
         parts = []
         for r0 in range(0, rows, row_block):
             parts.append(stream_posterior_mean(queries[:, r0:r0 + row_block], inv_var[:, r0:r0 + row_block],
                                                chunks()))
         return torch.cat(parts, dim=1)
+
+    def _bank(self, idx, p, pool):
+        """The pool's distinct training patches with their multiplicities (exact: a patch seen c times enters the
+        softmax with weight c), built once per (size, class) when it holds at most `bank_limit` elements."""
+        n_el = self.data_.shape[0] * idx.shape[0] * (idx.shape[1] * self.shape[0] + 2)
+        if not self.dedup or n_el > self.bank_limit:
+            return None
+        key = ("bank", p, self.border, pool)
+        if key not in self._cache:
+            phi = gather_patches(self.data_, idx).reshape(-1, idx.shape[1] * self.shape[0])
+            uniq, counts = torch.unique(phi, dim=0, return_counts=True)
+            center = self._value_columns(p)
+            self._cache[key] = (augment(uniq[None], counts.to(uniq).log()[None]),
+                                (uniq if center is None else uniq[:, center])[None])
+        return self._cache[key]
 
     def _value_columns(self, p):
         if self.values == "patch":
@@ -376,7 +416,8 @@ class _PatchPosterior:
 
     def _config(self):
         return dict(patch_size=self.schedule.to_config(), equivariant=self.equivariant, border=self.border,
-                    n_data=self.n_data, seed=self.seed, chunk_size=self.chunk_size)
+                    n_data=self.n_data, seed=self.seed, chunk_size=self.chunk_size, dedup=self.dedup,
+                    bank_limit=self.bank_limit)
 
     def save(self, path) -> None:
         save_state(path, {"data": self.data_}, kind=self.kind, config=self._config())
@@ -387,7 +428,8 @@ class _PatchPosterior:
         ps = cfg["patch_size"]
         ps = ps if isinstance(ps, int) else [tuple(t) for t in ps]
         return cls(tensors["data"], ps, equivariant=cfg["equivariant"], border=cfg["border"],
-                   chunk_size=cfg["chunk_size"], seed=cfg.get("seed", 0))._restore(cfg)
+                   chunk_size=cfg["chunk_size"], seed=cfg.get("seed", 0), dedup=cfg.get("dedup", True),
+                   bank_limit=cfg.get("bank_limit", DEFAULT_BANK))._restore(cfg)
 
     def _restore(self, cfg):
         self.n_data = cfg.get("n_data")
@@ -499,12 +541,16 @@ class Wiener:
         self.eigvecs_ = evecs.to(device=device, dtype=dtype)
         self.data_ = _subset(full, n_data, seed).to(device=device, dtype=dtype)
 
-    fit = classmethod(lambda cls, data, **kwargs: cls(data, **kwargs))
-    fit.__doc__ = "Same as the constructor."
+    @classmethod
+    def fit(cls, data, **kwargs):
+        """Same as the constructor."""
+        return cls(data, **kwargs)
 
     @property
     def shape(self) -> tuple:
         return tuple(self.mean_.shape)
+
+    shape_ = shape
 
     def filter(self, sigma: float) -> torch.Tensor:
         """W_σ = U diag(λ / (λ + σ²)) Uᵀ, [d, d]."""
@@ -574,6 +620,7 @@ class Wiener:
             run_max = new_max
         return acc / total
 
+    @torch.no_grad()
     def __call__(self, x, sigma):
         return self.linear(x, sigma) if self.mode == "linear" else self.masked(x, sigma)
 

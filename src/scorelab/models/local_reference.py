@@ -44,14 +44,14 @@ def positions(h, w, p, border):
     return [(i, j) for i in range(h) for j in range(w)]
 
 
-def _pool(train, pos, here, p, h, w, equivariant, border):
-    """Training patches that pixel/patch `here` is compared with."""
+def _pool(train, pos, here, p, h, w, equivariant, border, cache):
+    """Training patches that pixel/patch `here` is compared with (pools are built once and cached)."""
     if not equivariant:
         return train[here]
-    if border == "zero":
-        key = padding_pattern(*here, p, h, w)
-        return torch.cat([train[q] for q in pos if padding_pattern(*q, p, h, w) == key])
-    return torch.cat([train[q] for q in pos])
+    key = padding_pattern(*here, p, h, w) if border == "zero" else "all"
+    if key not in cache:
+        cache[key] = torch.cat([train[q] for q in pos if key == "all" or padding_pattern(*q, p, h, w) == key])
+    return cache[key]
 
 
 def _posterior(pool, query, sigma):
@@ -67,11 +67,11 @@ def els_loop(data, x, sigma, patch_size, *, equivariant=True, border="circular")
     pos = positions(h, w, p, border)
     train = {q: patch_at(data, *q, p, border) for q in pos}
     centre = [ch * p * p + r * p + r for ch in range(c)]
-    out = torch.empty_like(x)
+    out, cache = torch.empty_like(x), {}
     for k, s in enumerate(_sigmas(sigma, b)):
         for (i, j) in pos:
             query = patch_at(x[k:k + 1], i, j, p, border)[0]
-            pool = _pool(train, pos, (i, j), p, h, w, equivariant, border)
+            pool = _pool(train, pos, (i, j), p, h, w, equivariant, border, cache)
             out[k, :, i, j] = _posterior(pool, query, s)[centre]
     return out
 
@@ -82,13 +82,13 @@ def pspc_loop(data, x, sigma, patch_size, *, equivariant=True, border="circular"
     p, r = patch_size, patch_size // 2
     pos = positions(h, w, p, border)
     train = {q: patch_at(data, *q, p, border) for q in pos}
-    out = torch.zeros_like(x)
+    out, cache = torch.zeros_like(x), {}
     for k, s in enumerate(_sigmas(sigma, b)):
         total = torch.zeros(c, h, w, dtype=x.dtype)
         count = torch.zeros(c, h, w, dtype=x.dtype)
         for (i, j) in pos:
             query = patch_at(x[k:k + 1], i, j, p, border)[0]
-            pred = _posterior(_pool(train, pos, (i, j), p, h, w, equivariant, border), query, s).reshape(c, p, p)
+            pred = _posterior(_pool(train, pos, (i, j), p, h, w, equivariant, border, cache), query, s).reshape(c, p, p)
             for di in range(-r, r + 1):
                 for dj in range(-r, r + 1):
                     u, v = i + di, j + dj

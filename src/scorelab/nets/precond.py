@@ -60,6 +60,8 @@ class EDMPrecond(nn.Module):
         if x.shape[1:] != self.shape_:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape_))}]; got {tuple(x.shape)}")
         s = sigma_view(sigma, x).to(torch.float64)
+        if isinstance(sigma, torch.Tensor) and sigma.requires_grad:   # keep dD/dσ (sigma_view detaches)
+            s = sigma.to(torch.float64).reshape(s.shape)
         c_skip, c_out, c_in, c_noise = edm_coefficients(s, self.sigma_data)
         c_noise = c_noise.reshape(-1).expand(x.shape[0])
         if class_labels is not None:

@@ -1,0 +1,181 @@
+"""Local denoisers (ELS / LS / PSPC) on Fashion-MNIST: speed vs the loop reference, sampling throughput, and
+fidelity to the project's trained U-Net (when models/fashion-mnist-unet exists).
+
+    .venv/bin/python bench/local.py [--parts speed,sample,fidelity] [--n-data N] [--threads 1]
+
+Parts
+- speed:    vectorised ELS / bbELS / LS / PSPC vs `models/local_reference.py` (one Python iteration per pixel),
+            same inputs in float64: max |difference| and speed-up.
+- sample:   images/s for 64 samples, Heun 18 steps (Karras grid), ELS with --n-data training images.
+- fidelity: calibrate ELS's patch size per σ against the U-Net (median per-image r²), then the median r²
+            per σ on other held-out images, and for whole Heun-18 trajectories from the same noise; a grid of
+            sample pairs (top: ELS, bottom: U-Net, same seeds).
+Writes bench/results/local.json (+ PNG grids) and prints markdown tables. One CPU thread by default.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import scorelab as sl
+from scorelab._io import write_json
+from scorelab.calibration import calibrate_patch_size, per_image_r2
+from scorelab.images import save_grid
+from scorelab.models import local_reference as ref
+from scorelab.models.local import ELS, PSPC
+
+RESULTS = Path(__file__).parent / "results"
+UNET = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist-unet"
+
+
+def load_results(path):
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def timed(fn, repeat=1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def part_speed(train, test, args):
+    """Vectorised vs loop reference on the same noisy test images."""
+    data = train[:args.speed_data].double()
+    gen = torch.Generator().manual_seed(0)
+    x = test[:args.speed_images].double()
+    x = x + 0.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    rows = []
+    cases = [("ELS", ELS, ref.els_loop, dict(equivariant=True, border="circular")),
+             ("bbELS (zero border)", ELS, ref.els_loop, dict(equivariant=True, border="zero")),
+             ("LS", ELS, ref.els_loop, dict(equivariant=False, border="circular")),
+             ("PSPC", PSPC, ref.pspc_loop, dict(equivariant=True, border="circular"))]
+    for name, cls, loop, kw in tqdm(cases, desc="speed"):
+        model = cls(data, args.speed_patch, **kw)
+        fast, t_fast = timed(lambda: model(x, 0.5), repeat=3)
+        slow, t_slow = timed(lambda: loop(data, x, 0.5, args.speed_patch, **kw))
+        rows.append(dict(model=name, patch=args.speed_patch, n_data=data.shape[0], images=x.shape[0],
+                         vectorised_s=round(t_fast, 3), loop_s=round(t_slow, 2), speedup=round(t_slow / t_fast, 1),
+                         max_abs_diff=float((fast - slow).abs().max())))
+    print("\n### Vectorised vs loop reference (float64, σ = 0.5)\n")
+    print("| model | P | train images | images | vectorised (s) | loop (s) | speed-up | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['patch']} | {r['n_data']} | {r['images']} | {r['vectorised_s']} | {r['loop_s']} "
+              f"| {r['speedup']}× | {r['max_abs_diff']:.1e} |")
+    return rows
+
+
+def heun_with_log(denoiser, n, seed, sigmas, shape=(1, 28, 28)):
+    out = sl.sample(denoiser, n=n, shape=shape, sigmas=sigmas, solver="heun", seed=seed, batch_size=n,
+                    progress=True)
+    return out.images, out.nfe
+
+
+def part_sample(train, args):
+    model = ELS(train, args.sample_patch, n_data=args.n_data, border=args.border)
+    sigmas = sl.schedules.karras(18)
+    t0 = time.perf_counter()
+    images, nfe = heun_with_log(model, args.sample_n, 0, sigmas)
+    seconds = time.perf_counter() - t0
+    path = RESULTS / "local_els_samples.png"
+    save_grid(images, path, nrow=8, scale=2)
+    row = dict(model=repr(model), n=args.sample_n, steps=18, nfe=nfe, seconds=round(seconds, 1),
+               images_per_s=round(args.sample_n / seconds, 4), grid=str(path.relative_to(RESULTS.parent.parent)))
+    print("\n### Sampling throughput (Heun, 18 steps, Karras grid)\n")
+    print("| model | train images | samples | NFE | seconds | images/s |")
+    print("|---|---|---|---|---|---|")
+    print(f"| ELS P={args.sample_patch} {args.border} | {model.data_.shape[0]} | {args.sample_n} | {nfe} | "
+          f"{row['seconds']} | {row['images_per_s']} |")
+    return row
+
+
+def part_fidelity(train, test, args):
+    if not UNET.exists():
+        print(f"\n(fidelity skipped: {UNET} not found)")
+        return None
+    net = sl.load_model(UNET)
+    unet = lambda x, s: net(x.float(), s)  # noqa: E731
+    els = ELS(train, 3, n_data=args.n_data, border=args.border)
+    grid = sl.schedules.karras(18)[:-1]
+    sig = [float(s) for s in grid[::args.sigma_stride]]
+    cal = calibrate_patch_size(els, unet, test[:args.cal_images], sig, patch_sizes=args.patch_sizes,
+                               path=RESULTS / "local_calibration.json")
+    print("\n### Patch-size calibration (median per-image r² vs the U-Net)\n")
+    print(cal.table())
+    model = els.with_patch_size(cal.schedule)
+    held = test[args.cal_images:args.cal_images + args.eval_images]
+    gen = torch.Generator().manual_seed(1)
+    per_sigma = []
+    for s in tqdm([float(v) for v in grid], desc="r2 per sigma"):
+        x = held + s * torch.randn(held.shape, generator=gen)
+        r2 = per_image_r2(model(x, s), unet(x, s))
+        per_sigma.append(dict(sigma=s, patch=model.schedule(s), median_r2=float(torch.quantile(r2, 0.5))))
+    sigmas = sl.schedules.karras(18)
+    a, _ = heun_with_log(model, args.traj_n, 7, sigmas)
+    b, _ = heun_with_log(unet, args.traj_n, 7, sigmas)
+    traj_r2 = per_image_r2(a, b)
+    save_grid(torch.cat([a[:8], b[:8]]), RESULTS / "local_els_vs_unet.png", nrow=8, scale=2)
+    print("\n### ELS (calibrated) vs U-Net: median per-image r² of the denoiser output\n")
+    print("| σ | P | median r² |")
+    print("|---|---|---|")
+    for r in per_sigma:
+        print(f"| {r['sigma']:.3g} | {r['patch']} | {r['median_r2']:.3f} |")
+    print(f"\nWhole Heun-18 trajectories from the same noise ({args.traj_n} seeds): median per-image r² of the "
+          f"final samples = {float(torch.quantile(traj_r2, 0.5)):.3f}")
+    return dict(n_data=model.data_.shape[0], border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
+                trajectory_median_r2=float(torch.quantile(traj_r2, 0.5)),
+                trajectory_r2=[float(v) for v in traj_r2], pairs_grid="bench/results/local_els_vs_unet.png")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="speed,sample,fidelity")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-data", type=int, default=256, help="training images for sampling and fidelity")
+    ap.add_argument("--border", default="zero", choices=["circular", "zero"])
+    ap.add_argument("--speed-data", type=int, default=50)
+    ap.add_argument("--speed-images", type=int, default=2)
+    ap.add_argument("--speed-patch", type=int, default=5)
+    ap.add_argument("--sample-n", type=int, default=64)
+    ap.add_argument("--sample-patch", type=int, default=5)
+    ap.add_argument("--cal-images", type=int, default=8)
+    ap.add_argument("--eval-images", type=int, default=16)
+    ap.add_argument("--traj-n", type=int, default=16)
+    ap.add_argument("--sigma-stride", type=int, default=2, help="calibrate on every k-th σ of the Karras-18 grid")
+    ap.add_argument("--patch-sizes", type=int, nargs="+", default=[3, 5, 7, 9, 11, 15, 21])
+    ap.add_argument("--out", default=str(RESULTS / "local.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
+
+    train = sl.data.load("fashion-mnist", split="train")
+    test = sl.data.load("fashion-mnist", split="test")
+    out_path = Path(args.out)
+    results = load_results(out_path)
+    results["machine"] = dict(cpus=os.cpu_count(), threads=args.threads, torch=torch.__version__,
+                              platform=platform.platform())
+    if "speed" in parts:
+        results["speed"] = part_speed(train, test, args)
+        write_json(out_path, results)
+    if "sample" in parts:
+        results["sample"] = part_sample(train, args)
+    if "fidelity" in parts:
+        fid = part_fidelity(train, test, args)
+        if fid is not None:
+            results["fidelity"] = fid
+    write_json(out_path, results)
+    print(f"\nwrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

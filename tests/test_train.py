@@ -1,0 +1,183 @@
+"""Training loop: loss decreases towards the closed-form optimum, exact resume (also after SIGKILL), atomic
+checkpoints, config mismatch errors, learning-rate and σ schedules."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import scorelab as sl
+from scorelab._io import load_state
+from scorelab.cli import main as cli_main
+from scorelab.nets.train import CHECKPOINT, TrainConfig, _BatchOrder, _sample_sigma, train
+
+MLP = dict(arch="mlp", net_options={"width": 32, "depth": 2})
+
+
+def _gaussian_data(n=2048, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tensor([[0.8, 0.0], [0.5, 0.3]])
+    return torch.randn(n, 2, generator=g) @ a.T + torch.tensor([0.3, -0.2])
+
+
+def _gaussian_denoiser(data):
+    """Closed form for x0 ~ N(μ, Σ) (float64): D(x, σ) = μ + Σ (Σ + σ² I)⁻¹ (x − μ)."""
+    d = data.double()
+    mu, cov = d.mean(0), torch.cov(d.T)
+
+    def den(x, sigma):
+        return mu + (x.double() - mu) @ torch.linalg.solve(cov + sigma ** 2 * torch.eye(2, dtype=torch.float64), cov).T
+    return den
+
+
+def test_loss_decreases_and_denoiser_approaches_closed_form():
+    torch.manual_seed(0)
+    data = _gaussian_data()
+    model = train(data, steps=400, batch_size=128, lr=3e-3, warmup=20, log_every=50, progress=False,
+                  ema_halflife_kimg=2.0, **MLP)
+    hist = model.training_["history"]
+    assert hist[-1][1] < 0.6 * hist[0][1], hist
+    ref = _gaussian_denoiser(data)
+    init = train(data, steps=1, lr=1e-12, warmup=0, progress=False, **MLP)
+    g = torch.Generator().manual_seed(1)
+    x0 = _gaussian_data(4096, seed=1)
+    for sigma in [0.1, 0.5, 1.0, 3.0]:
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        d_ref = ref(x, sigma)
+        with torch.no_grad():
+            err = ((model(x, sigma).double() - d_ref) ** 2).sum(1).mean()
+            err0 = ((init(x, sigma).double() - d_ref) ** 2).sum(1).mean()
+        scale = ((d_ref - d_ref.mean(0)) ** 2).sum(1).mean()
+        assert err < 0.05 * scale and err < 0.1 * err0, (sigma, float(err), float(err0), float(scale))
+
+
+def test_resume_is_exact(tmp_path):
+    data = _gaussian_data(300)
+    opts = dict(steps=30, batch_size=64, lr_schedule="constant", warmup=5, checkpoint_every=10, log_every=10,
+                progress=False, **MLP)
+    full = train(data, out=tmp_path / "a", **opts)
+    train(data, out=tmp_path / "b", **{**opts, "steps": 20})
+    resumed = train(data, out=tmp_path / "b", resume=True, **opts)
+    for (k, v), (k2, v2) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    ta, _, ca = load_state(tmp_path / "a" / CHECKPOINT)
+    tb, _, cb = load_state(tmp_path / "b" / CHECKPOINT)
+    assert ca["step"] == cb["step"] == 30 and [h[:2] for h in ca["history"]] == [h[:2] for h in cb["history"]]
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)       # weights, EMA and Adam moments
+    net = sl.load_model(tmp_path / "a")
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(net(x, 0.7), full(x, 0.7), rtol=0, atol=0)
+
+
+def test_resume_config_mismatch_names_the_field(tmp_path, capsys):
+    data = _gaussian_data(200)
+    opts = dict(steps=4, batch_size=32, checkpoint_every=2, log_every=2, progress=False, **MLP)
+    train(data, out=tmp_path, **opts)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train(data, out=tmp_path, **opts)
+    with pytest.raises(ValueError, match="field 'lr' differs"):
+        train(data, out=tmp_path, resume=True, **{**opts, "lr": 2e-3})
+    with pytest.raises(ValueError, match="field 'net_options' differs"):
+        train(data, out=tmp_path, resume=True, **{**opts, "net_options": {"width": 64, "depth": 2}})
+    with pytest.raises(ValueError, match="field 'data' differs"):
+        train(data + 1, out=tmp_path, resume=True, **opts)
+    np.save(tmp_path / "d.npy", data.numpy())
+    rc = cli_main(["train", "--data", str(tmp_path / "d.npy"), "--arch", "mlp", "--width", "32", "--depth", "2",
+                   "--steps", "4", "--batch-size", "16", "--out", str(tmp_path), "--resume", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'batch_size' differs" in err[0]
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    """A SIGKILLed training process: every checkpoint read while it runs is complete, and resuming from the last
+    one continues exactly as an uninterrupted run (so at most one checkpoint interval of work is lost)."""
+    data = _gaussian_data(512)
+    path, out = tmp_path / "data.npy", tmp_path / "run"
+    np.save(path, data.numpy())
+    args = ["--arch", "mlp", "--width", "32", "--depth", "2", "--batch-size", "32", "--lr-schedule", "constant",
+            "--warmup", "10", "--checkpoint-every", "5", "--log-every", "5", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scorelab.cli", "train", "--data", str(path), "--steps",
+                             "1000000", "--threads", "1", "--no-progress", "--out", str(out), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, reads, deadline = 0, 0, time.monotonic() + 120
+    try:
+        while seen < 40 and time.monotonic() < deadline and proc.poll() is None:
+            if (out / CHECKPOINT).exists():
+                _, _, meta = load_state(out / CHECKPOINT)        # never half-written: always readable
+                seen, reads = meta["step"], reads + 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert seen >= 40, proc.stderr.read().decode()[-2000:]
+    _, _, meta = load_state(out / CHECKPOINT)
+    step = meta["step"]
+    assert step >= seen and step % 5 == 0 and reads > 1
+
+    cfg = TrainConfig(arch="mlp", net_options={"width": 32, "depth": 2}, batch_size=32, lr_schedule="constant",
+                      warmup=10, checkpoint_every=5, log_every=5, seed=3, steps=step + 10)
+    x = sl.data.resolve(str(path))
+    resumed = train(x, out=out, config=cfg, resume=True, progress=False)
+    assert not list(out.glob(".*.tmp"))
+    hist_steps = [h[0] for h in resumed.training_["history"]]
+    assert hist_steps == list(range(5, step + 11, 5))
+    fresh = train(x, config=cfg, progress=False)
+    for (k, v), v2 in zip(fresh.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, v2), k
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1e-3, warmup=10, steps=110, lr_schedule="cosine", lr_min_ratio=0.1).validate()
+    assert math.isclose(cfg.learning_rate(0), 1e-4) and math.isclose(cfg.learning_rate(9), 1e-3)
+    assert math.isclose(cfg.learning_rate(10), 1e-3)
+    assert math.isclose(cfg.learning_rate(60), 1e-3 * (0.1 + 0.9 * 0.5))       # half-way: cos(π/2) = 0
+    assert math.isclose(cfg.learning_rate(110), 1e-4)
+    const = TrainConfig(lr=1e-3, warmup=0, lr_schedule="constant").validate()
+    assert const.learning_rate(0) == const.learning_rate(10 ** 6) == 1e-3
+
+
+def test_sigma_distribution_mixture():
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    cfg = TrainConfig(uniform_fraction=1.0, sigma_min=0.002, sigma_max=80.0)
+    ls = _sample_sigma(cfg, n, g).log()
+    lo, hi = math.log(0.002), math.log(80.0)
+    assert ls.min() >= lo and ls.max() <= hi
+    se = (hi - lo) / math.sqrt(12 * n)
+    assert abs(float(ls.mean()) - (lo + hi) / 2) < 4 * se
+    cfg = TrainConfig(uniform_fraction=0.0, p_mean=-1.2, p_std=1.2)
+    ls = _sample_sigma(cfg, n, g).log()
+    assert abs(float(ls.mean()) + 1.2) < 4 * 1.2 / math.sqrt(n) and abs(float(ls.std()) - 1.2) < 0.03
+    ls = _sample_sigma(TrainConfig(uniform_fraction=0.25), 8, g).log()       # first round(8 · 0.25) log-uniform
+    assert ls.shape == (8,)
+
+
+def test_batch_order_is_a_permutation_per_epoch():
+    order = _BatchOrder(10, 4, seed=0)
+    seq = torch.cat([order(s) for s in range(5)])          # 20 samples = exactly two epochs
+    assert sorted(seq[:10].tolist()) == list(range(10)) and sorted(seq[10:].tolist()) == list(range(10))
+    assert not torch.equal(seq[:10], seq[10:])
+    assert torch.equal(order(3), _BatchOrder(10, 4, seed=0)(3))   # a pure function of (seed, step)
+
+
+def test_conditional_and_bad_arguments():
+    data = _gaussian_data(64)
+    labels = (data[:, 0] > 0.3).long()
+    model = train(data, labels=labels, conditional=True, steps=3, batch_size=16, progress=False, **MLP)
+    assert model.n_classes == 2
+    model(data[:4], 1.0, labels[:4])
+    with pytest.raises(ValueError, match="labels"):
+        train(data, conditional=True, steps=1, progress=False, **MLP)
+    with pytest.raises(ValueError, match="arch"):
+        train(data, arch="vit", steps=1, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(data, lr=-1.0, steps=1, progress=False, **MLP)
+    with pytest.raises(ValueError, match="uniform_fraction"):
+        train(data, uniform_fraction=2.0, steps=1, progress=False, **MLP)
+    with pytest.raises(ValueError, match="image data"):
+        train(data, arch="unet-tiny", steps=1, progress=False)
