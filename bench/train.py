@@ -1,63 +1,105 @@
-"""Training throughput (images/s) of each architecture on this machine, with the training loop of scorelab.nets.
+"""Training throughput (images/s) of each architecture on this machine: one EDM training step (forward, EDM loss,
+backward, gradient clipping, Adam, EMA) timed over a few steps after two warm-up steps.
 
-    python bench/train.py [--threads 1] [--steps 30] [--batch-size 128]
+    python bench/train.py [--threads 1] [--steps 20] [--batch-size 64]
 
-Prints a markdown table and writes bench/results/train.json. Data: Fashion-MNIST (28×28) for U-Nets, two-moons
-(2-D) for MLPs; the first steps (warm-up of the allocator) are excluded from the timing."""
+Also times diffusers' `UNet2DModel` at the size of `unet-small` (channels 32/64/64, one block per level,
+attention at 7×7) in the same EDM wrapper when diffusers is installed. Prints a markdown table and writes
+bench/results/train.json. Data: Fashion-MNIST 28×28 for the U-Nets, 2-D two-moons for the MLPs."""
 from __future__ import annotations
 
 import argparse
-import json
+import copy
+import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
+from torch import nn
+from tqdm import tqdm
 
 import scorelab as sl
 from scorelab._io import write_json
-from scorelab.nets import ARCHS
+from scorelab.nets import ARCHS, arch_config, build
+from scorelab.nets.precond import EDMPrecond, edm_loss_weight
 
 
-def images(n=2048):
-    try:
-        return sl.data.load("fashion-mnist", split="train")[:n]
-    except Exception:  # data module not available: the throughput does not depend on pixel values
-        return torch.rand(n, 1, 28, 28) * 2 - 1
+class DiffusersNet(nn.Module):
+    """F(x_in, c_noise) = UNet2DModel(x_in, 250·c_noise) (the time embedding expects a timestep-like scale)."""
+
+    def __init__(self, channels=(32, 64, 64)):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.unet = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, layers_per_block=1,
+                                block_out_channels=channels, norm_num_groups=8,
+                                down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                                up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+    def forward(self, x, c_noise, class_labels=None):
+        return self.unet(x, 250 * c_noise).sample
+
+
+def time_steps(model, data, steps, batch_size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    t0 = None
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()
+        x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+        sigma = (torch.randn(batch_size, generator=g) * 1.2 - 1.2).exp()
+        noise = torch.randn(x0.shape, generator=g)
+        d = model(x0 + sigma.view(-1, *[1] * (x0.ndim - 1)) * noise, sigma)
+        loss = (edm_loss_weight(sigma, model.sigma_data) * ((d - x0) ** 2).flatten(1).mean(1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(p, 0.001)
+    return steps * batch_size / (time.perf_counter() - t0)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per architecture")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--archs", nargs="*", default=list(ARCHS))
+    p.add_argument("--steps", type=int, default=20, help="timed steps per architecture")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--archs", nargs="*", default=list(ARCHS) + ["diffusers-unet-small"])
     p.add_argument("--out", default="bench/results/train.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    images = sl.data.load("fashion-mnist", split="train", limit=4096)
+    moons = sl.data.load("two-moons", n=4096)
     rows = []
-    for arch in a.archs:
-        if ARCHS[arch]["net"] == "mlp":
-            data = torch.randn(4096, 2) * 0.5
+    for arch in tqdm(a.archs, desc="archs"):
+        if arch == "diffusers-unet-small":
+            try:
+                net = DiffusersNet()
+            except ImportError:
+                print("diffusers not installed: diffusers-unet-small skipped", file=sys.stderr)
+                continue
+            model, data = EDMPrecond(net, sigma_data=0.5, shape=(1, 28, 28)), images
         else:
-            data = images()
-        warm = 5
-        model = sl.nets.train(data, arch=arch, steps=warm, batch_size=a.batch_size, progress=False, warmup=1)
-        t0 = time.perf_counter()
-        sl.nets.train(data, arch=arch, steps=a.steps, batch_size=a.batch_size, progress=False, warmup=1)
-        sec = time.perf_counter() - t0
-        n_params = sum(p.numel() for p in model.parameters())
-        rows.append({"arch": arch, "params": n_params, "batch_size": a.batch_size, "steps": a.steps,
-                     "seconds": round(sec, 2), "img_per_s": round(a.steps * a.batch_size / sec, 1),
-                     "shape": list(data.shape[1:])})
-        print(f"{arch}: {rows[-1]['img_per_s']} img/s", file=sys.stderr)
-    write_json(a.out, {"threads": a.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                       "rows": rows})
+            data = moons if ARCHS[arch]["net"] == "mlp" else images
+            model = build({**arch_config(arch), "shape": list(data.shape[1:]), "sigma_data": 0.5, "n_classes": 0})
+        img_s = time_steps(model, data, a.steps, a.batch_size)
+        rows.append({"arch": arch, "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch_size,
+                     "steps": a.steps, "img_per_s": round(img_s, 1), "shape": list(data.shape[1:])})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    write_json(a.out, {"threads": a.threads, "cores": os.cpu_count(), "load_avg_1min": load,
+                       "torch": torch.__version__, "machine": platform.machine(), "rows": rows})
     print(f"| arch | params | data | batch | img/s ({a.threads} thread{'s' if a.threads > 1 else ''}) |")
     print("|---|---:|---|---:|---:|")
     for r in rows:
-        print(f"| {r['arch']} | {r['params'] / 1e6:.2f} M | {'×'.join(map(str, r['shape']))} | {r['batch_size']} | {r['img_per_s']:.0f} |")
+        print(f"| {r['arch']} | {r['params'] / 1e6:.2f} M | {'×'.join(map(str, r['shape']))} | {r['batch_size']} "
+              f"| {r['img_per_s']:.0f} |")
+    print(f"\n{os.cpu_count()} cores, load average {load:.1f} during the run (other jobs share the cores).")
 
 
 if __name__ == "__main__":

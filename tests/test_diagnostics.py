@@ -141,3 +141,33 @@ def test_bad_input():
         suggest_skip(Scaled(v=1.0), Scaled(v=1.0), data, [2.0, 1.0, 0.0], space="pixels")
     with pytest.raises(ValueError, match="shape"):
         trajectory_deviation(Scaled(v=1.0), Scaled(v=1.0), 2, [2.0, 1.0, 0.0])
+
+
+def test_cli_diagnose_explained_and_suggest_skip(tmp_path, capsys):
+    import json
+
+    sl = pytest.importorskip("scorelab")
+    from scorelab.cli import main
+
+    try:
+        x = sl.data.load("digits")
+        sl.Gaussian.fit(x[:500]).save(tmp_path / "g.safetensors")
+        sl.Empirical(x[:500]).save(tmp_path / "e.safetensors")
+    except (AttributeError, ImportError, ValueError) as e:
+        pytest.skip(f"data/models not available: {e}")
+    common = ["--reference", str(tmp_path / "e.safetensors"), "--data", "digits", "--n", "32", "--n-fit", "500"]
+    assert main(["diagnose", "explained", "--model", str(tmp_path / "g.safetensors"), *common, "--steps", "4",
+                 "--json", str(tmp_path / "ev.json"), "--plot", str(tmp_path / "ev.png")]) == 0
+    rows = json.loads((tmp_path / "ev.json").read_text())["rows"]
+    held = sl.data.load("digits", split="test", limit=32)
+    direct = explained_variance(sl.Gaussian.fit(x[:500]), sl.Empirical(x[:500]), held, sl.schedules.karras(4),
+                                progress=False)
+    assert [r["ev_score"] for r in rows] == pytest.approx([r["ev_score"] for r in direct], rel=1e-6)
+    assert (tmp_path / "ev.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["diagnose", "suggest-skip", *common, "--gaussian", str(tmp_path / "g.safetensors"), "--steps", "8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = suggest_skip(sl.Empirical(x[:500]), sl.Gaussian.fit(x[:500]), held, sl.schedules.karras(8), progress=False)
+    assert out["skip_index"] == res.skip_index and out["steps"] == 8
+    assert main(["diagnose", "explained", *common]) == 2  # no model given
+    assert "--model" in capsys.readouterr().err

@@ -59,6 +59,21 @@ def test_chunking_does_not_change_the_result(tiny):
     torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("cls,loop", [(ELS, ref.els_loop), (PSPC, ref.pspc_loop)])
+def test_deduplicated_bank_counts_repeated_patches(tiny, cls, loop):
+    data, x = tiny
+    # repeated images and a constant image: many identical patches, entered once with weight = multiplicity
+    rep = torch.cat([data[:4], data[:4], data[:4], torch.full((3, 2, 6, 6), -1.0, dtype=F64)])
+    for border in ("circular", "zero"):
+        want = loop(rep, x, SIGMAS, 3, border=border)
+        dedup = cls(rep, 3, border=border)
+        torch.testing.assert_close(dedup(x, SIGMAS), want, rtol=0, atol=1e-12)
+        bank = [v for k, v in dedup._cache.items() if k[0] == "bank"]
+        assert bank and sum(b[0].shape[1] for b in bank) < rep.shape[0] * 36   # duplicates were merged
+        for kw in (dict(dedup=False), dict(bank_limit=1)):                      # streamed without a bank
+            torch.testing.assert_close(cls(rep, 3, border=border, **kw)(x, SIGMAS), want, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("make", [
     lambda d: ELS(d, 1 + 2 * (d.shape[-1] - 1), equivariant=False, border="zero"),   # LS, patch ⊇ image
     lambda d: ELS(d, 1 + 2 * (d.shape[-1] - 1), equivariant=True, border="zero"),    # ELS, zero border
@@ -218,6 +233,16 @@ def test_wiener_linear_is_the_covariance_solve(tiny):
     for sigma in (0.1, 1.0, 3.0):
         want = mu + torch.linalg.solve(cov + sigma ** 2 * torch.eye(72, dtype=F64), cov @ (x.reshape(3, -1) - mu).T).T
         torch.testing.assert_close(w(x, sigma), want.reshape(x.shape), rtol=0, atol=1e-10)
+
+
+def test_wiener_linear_matches_the_gaussian_model(tiny):
+    data, x = tiny
+    try:
+        gauss = sl.Gaussian.fit(data)
+    except (ImportError, AttributeError):
+        pytest.skip("scorelab.models.gaussian not installed")
+    for sigma in (0.05, 0.7, 20.0):
+        torch.testing.assert_close(Wiener(data, mode="linear")(x, sigma), gauss(x, sigma), rtol=0, atol=1e-10)
 
 
 def test_wiener_masks_keep_the_pixel_and_the_energy_fraction(tiny):

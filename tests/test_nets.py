@@ -9,6 +9,15 @@ from scorelab.nets import arch_config, build, load_model, save_model
 from scorelab.nets.precond import edm_coefficients, edm_loss_weight
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Reproducible, and no thread over-subscription on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model(arch, shape, n_classes=0, sigma_data=0.5, randomise=True, **opts):
     torch.manual_seed(0)
     m = build({**arch_config(arch, **opts), "shape": list(shape), "sigma_data": sigma_data, "n_classes": n_classes})
@@ -79,7 +88,7 @@ def test_denoiser_is_smooth_gradcheck():
     m = _model("unet-tiny", (1, 4, 4), **TINY_UNET)
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     s = torch.tensor([0.7, 2.0], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, s: m(x, s), (x, s), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda x, s: m(x, s), (x, s), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_class_conditioning():

@@ -19,6 +19,15 @@ from scorelab.nets.train import CHECKPOINT, TrainConfig, _BatchOrder, _sample_si
 MLP = dict(arch="mlp", net_options={"width": 32, "depth": 2})
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bitwise-reproducible runs (and no thread over-subscription on a shared 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _gaussian_data(n=2048, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = torch.tensor([[0.8, 0.0], [0.5, 0.3]])
@@ -26,34 +35,51 @@ def _gaussian_data(n=2048, seed=0):
 
 
 def _gaussian_denoiser(data):
-    """Closed form for x0 ~ N(μ, Σ) (float64): D(x, σ) = μ + Σ (Σ + σ² I)⁻¹ (x − μ)."""
+    """Closed form for x0 ~ N(μ, Σ = U diag(λ) Uᵀ), float64: D(x, σ) = μ + U diag(λ / (λ + σ²)) Uᵀ (x − μ)."""
     d = data.double()
-    mu, cov = d.mean(0), torch.cov(d.T)
+    mu = d.mean(0)
+    lam, u = torch.linalg.eigh(torch.cov(d.T))
 
     def den(x, sigma):
-        return mu + (x.double() - mu) @ torch.linalg.solve(cov + sigma ** 2 * torch.eye(2, dtype=torch.float64), cov).T
+        s2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1) ** 2
+        return mu + ((x.double() - mu) @ u * lam / (lam + s2)) @ u.T
     return den
 
 
-def test_loss_decreases_and_denoiser_approaches_closed_form():
-    torch.manual_seed(0)
+def _edm_loss(den, x0, sigma, noise, sigma_data):
+    """Monte-Carlo EDM loss E λ(σ) mean‖D(x0 + σε, σ) − x0‖² on fixed (x0, σ, ε): common random numbers."""
+    from scorelab.nets.precond import edm_loss_weight
+    with torch.no_grad():
+        d = den(x0 + sigma[:, None] * noise, sigma).double()
+    return float((edm_loss_weight(sigma.double(), sigma_data) * ((d - x0.double()) ** 2).mean(1)).mean())
+
+
+def test_loss_decreases_to_the_closed_form_optimum():
+    """For Gaussian data the optimal denoiser is known: the trained net's EDM loss must close ≥ 85% of the gap
+    between the initial net (D = c_skip x) and the optimum (measured: 91%), and its denoiser must be near the closed form."""
     data = _gaussian_data()
-    model = train(data, steps=400, batch_size=128, lr=3e-3, warmup=20, log_every=50, progress=False,
+    model = train(data, steps=800, batch_size=128, lr=3e-3, warmup=20, log_every=50, progress=False,
                   ema_halflife_kimg=2.0, **MLP)
     hist = model.training_["history"]
-    assert hist[-1][1] < 0.6 * hist[0][1], hist
+    assert hist[-1][1] < hist[0][1], hist
     ref = _gaussian_denoiser(data)
     init = train(data, steps=1, lr=1e-12, warmup=0, progress=False, **MLP)
     g = torch.Generator().manual_seed(1)
-    x0 = _gaussian_data(4096, seed=1)
-    for sigma in [0.1, 0.5, 1.0, 3.0]:
-        x = x0 + sigma * torch.randn(x0.shape, generator=g)
-        d_ref = ref(x, sigma)
+    x0 = _gaussian_data(20_000, seed=1)
+    sigma = _sample_sigma(TrainConfig(), len(x0), g).float()
+    noise = torch.randn(x0.shape, generator=g)
+    sd = model.sigma_data
+    l_opt = _edm_loss(ref, x0, sigma, noise, sd)
+    l_net, l_init = _edm_loss(model, x0, sigma, noise, sd), _edm_loss(init, x0, sigma, noise, sd)
+    assert l_opt < l_net < l_init
+    assert l_net - l_opt < 0.15 * (l_init - l_opt), (l_opt, l_net, l_init)
+    for s in [0.1, 0.5, 1.0, 3.0]:
+        x = x0[:4096] + s * noise[:4096]
+        d_ref = ref(x, s)
         with torch.no_grad():
-            err = ((model(x, sigma).double() - d_ref) ** 2).sum(1).mean()
-            err0 = ((init(x, sigma).double() - d_ref) ** 2).sum(1).mean()
+            err = ((model(x, s).double() - d_ref) ** 2).sum(1).mean()
         scale = ((d_ref - d_ref.mean(0)) ** 2).sum(1).mean()
-        assert err < 0.05 * scale and err < 0.1 * err0, (sigma, float(err), float(err0), float(scale))
+        assert err < 0.05 * scale, (s, float(err), float(scale))
 
 
 def test_resume_is_exact(tmp_path):

@@ -87,7 +87,8 @@ def _resolve_grid(sigmas, steps):
     return check_sigmas(sigmas)
 
 
-def _resolve_skip(sigmas, teleport, skip, sigma_skip):
+def _resolve_skip(sigmas, teleport, skip, sigma_skip, denoiser=None, skip_data=None, skip_threshold=0.99,
+                  device=None, dtype=torch.float32):
     """(k, σ_k or None): how many leading steps the Gaussian jump replaces."""
     if teleport is None:
         if skip not in (None, 0, 0.0) or sigma_skip is not None:
@@ -98,9 +99,20 @@ def _resolve_skip(sigmas, teleport, skip, sigma_skip):
     if isinstance(skip, str):
         if skip != "auto":
             raise ValueError(f"skip must be a fraction in [0, 1) or 'auto'; got {skip!r}")
-        raise NotImplementedError(
-            "skip='auto' is reserved: pick σ_skip with scorelab.diagnostics.suggest_skip(reference, gaussian, data, "
-            "sigmas) on held-out data and pass it as sigma_skip=")
+        if sigma_skip is not None:
+            raise ValueError("give either skip='auto' or sigma_skip, not both")
+        try:
+            from .diagnostics import suggest_skip
+        except ImportError:
+            raise NotImplementedError("skip='auto' needs scorelab.diagnostics.suggest_skip, not available in this "
+                                      "installation; pass skip= or sigma_skip=") from None
+        if skip_data is None:
+            raise ValueError("skip='auto' needs skip_data= (held-out clean samples [N, *shape]) to measure where the "
+                             "Gaussian explains the denoiser (diagnostics.suggest_skip)")
+        suggestion = suggest_skip(denoiser, teleport, skip_data, sigmas, threshold=skip_threshold, dtype=dtype,
+                                  device=device, progress=False)
+        k = suggestion.skip_index
+        return k, (float(sigmas[k]) if k > 0 else None)
     from .teleport import skip_index
 
     k = skip_index(sigmas, skip=skip, sigma_skip=sigma_skip)
@@ -125,7 +137,8 @@ def _check_solver_opts(fn, name: str, opts: dict) -> None:
 
 def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: int = 0, teleport=None, skip=None,
            sigma_skip=None, warm_history: bool = False, batch_size: int = 64, device=None, dtype=torch.float32,
-           callback=None, progress: bool = False, *, steps: int | None = None, **solver_opts) -> SampleResult:
+           callback=None, progress: bool = False, *, steps: int | None = None, skip_data=None,
+           skip_threshold: float = 0.99, **solver_opts) -> SampleResult:
     """Draw `n` samples x_0 from `denoiser` by solving from x_T = σ_0·ε on the grid `sigmas` with `solver`.
 
     - `shape`: sample shape (default: the denoiser's `shape_` if it has one, else (1, 28, 28)).
@@ -136,7 +149,9 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     - `teleport=g` (a fitted `Gaussian`) with `skip` (fraction of steps) or `sigma_skip`: k = teleport.skip_index,
       x(σ_k) = g's exact jump from x_T, the solver runs on sigmas[k:]. `warm_history=True` (multistep solvers)
       also hands the solver g's denoiser values on g's trajectory at the skipped grid points, so its first
-      network step is already high order (no network NFE).
+      network step is already high order (no network NFE). `skip="auto"`: k from
+      `diagnostics.suggest_skip(denoiser, teleport, skip_data, sigmas, skip_threshold)` (score-space EV ≥ the
+      threshold at every σ ≥ σ_k on the held-out `skip_data`; those reference calls are not counted in `nfe`).
     - `callback(info)`: the sampler's dict plus `batch` (batch index); `progress`: a tqdm bar over steps.
     Returns a `SampleResult` (images [n, *shape] on `device` in `dtype`, nfe per trajectory, timings).
     """
@@ -166,7 +181,7 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
         solver_fn, solver_name = _samplers.get(solver), solver
     _check_solver_opts(solver_fn, solver_name, solver_opts)
     grid = _resolve_grid(sigmas, steps)
-    k, sig_k = _resolve_skip(grid, teleport, skip, sigma_skip)
+    k, sig_k = _resolve_skip(grid, teleport, skip, sigma_skip, denoiser, skip_data, skip_threshold, device, dtype)
     if warm_history:
         if teleport is None or k == 0:
             raise ValueError("warm_history=True needs teleport=a Gaussian and a skip that replaces >= 1 step")

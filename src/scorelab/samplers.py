@@ -82,6 +82,17 @@ def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
     return (x - denoised) / sigma
 
 
+def _heun_step(model, x, sigma: float, sigma_next: float):
+    """(x_next, D(x, σ)): Heun's trapezoidal step, Euler when σ_next = 0 (EDM Algorithm 1, lines 5-8)."""
+    denoised = model(x, sigma)
+    d = to_d(x, sigma, denoised)
+    x_euler = x + (sigma_next - sigma) * d
+    if sigma_next == 0:
+        return x_euler, denoised
+    d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
+    return x + (sigma_next - sigma) * (d + d_next) / 2, denoised
+
+
 def phi(k: int, z: float) -> float:
     """φ_k(z) = Σ_j z^j / (j + k)!  (φ_1(z) = (e^z − 1)/z, φ_(k+1)(z) = (φ_k(z) − 1/k!)/z, φ_k(0) = 1/k!).
 
@@ -157,15 +168,7 @@ def heun(denoiser, x, sigmas, *, callback=None, generator=None):
     a step to σ' = 0 is the Euler step (which lands on D(x, σ)). NFE = 2·steps − 1 on a grid ending at 0."""
     model, x, sigmas = _start(denoiser, x, sigmas)
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
-        denoised = model(x, sigma)
-        d = to_d(x, sigma, denoised)
-        dt = sigma_next - sigma
-        if sigma_next == 0:
-            x_next = x + dt * d
-        else:
-            x_euler = x + dt * d
-            d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
-            x_next = x + dt * (d + d_next) / 2
+        x_next, denoised = _heun_step(model, x, sigma, sigma_next)
         _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
         x = x_next
     return x
@@ -320,15 +323,7 @@ def edm_stochastic(denoiser, x, sigmas, *, callback=None, generator=None, noise_
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * S_noise * noise(sigma, sigma_next)
-        denoised = model(x, sigma_hat)
-        d = to_d(x, sigma_hat, denoised)
-        dt = sigma_next - sigma_hat
-        if sigma_next == 0:
-            x_next = x + dt * d
-        else:
-            x_euler = x + dt * d
-            d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
-            x_next = x + dt * (d + d_next) / 2
+        x_next, denoised = _heun_step(model, x, sigma_hat, sigma_next)
         _step_log(callback, i, x, sigma_hat, sigma_next, denoised, model.nfe)
         x = x_next
     return x

@@ -85,6 +85,16 @@ def _run_nearest(args) -> int:
 _DIAGNOSTICS = {"nearest": _register_nearest}
 
 
+def _register_from_report(sub) -> None:  # `explained` and `suggest-skip` live in commands/report.py
+    from .report import register_explained, register_suggest_skip
+
+    register_explained(sub)
+    register_suggest_skip(sub)
+
+
+_DIAGNOSTICS["explained, suggest-skip"] = _register_from_report
+
+
 def register(sub) -> None:
     p = sub.add_parser("diagnose", help="diagnostics: memorisation (nearest training images), ...",
                        description="Diagnostics of samples and models.")

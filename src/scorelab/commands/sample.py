@@ -28,10 +28,15 @@ def register(sub) -> None:
     p.add_argument("--teleport", default=None, metavar="GAUSSIAN_FILE",
                    help="a Gaussian saved by `scorelab fit gaussian`: jump exactly over the first steps")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--skip", type=float, default=None, metavar="FRAC",
-                   help="fraction of the steps the jump replaces (with --teleport), e.g. 0.2")
+    g.add_argument("--skip", default=None, metavar="FRAC|auto",
+                   help="fraction of the steps the jump replaces (with --teleport), e.g. 0.2; 'auto': the largest "
+                        "skip where the Gaussian explains >= --skip-threshold of the model on --skip-data")
     g.add_argument("--sigma-skip", type=float, default=None, metavar="S",
                    help="noise level the jump lands on (with --teleport)")
+    p.add_argument("--skip-data", default=None, metavar="NAME|PATH",
+                   help="held-out data for --skip auto: a data set name (its test split is used) or a file/folder")
+    p.add_argument("--skip-threshold", type=float, default=0.99,
+                   help="score-space explained variance required by --skip auto (default: 0.99)")
     p.add_argument("--warm-history", action="store_true",
                    help="multistep solvers: take the skipped points' history from the Gaussian (no extra NFE)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
@@ -97,8 +102,6 @@ def load_denoiser(path, device=None, dtype=None):
 
 
 def _run(args) -> int:
-    import torch
-
     from .. import schedules
     from .._io import write_json
     from ..models import load as load_model_file
@@ -129,8 +132,25 @@ def _run(args) -> int:
             raise ValueError(f"--teleport {args.teleport!r} must hold a Gaussian (scorelab fit gaussian)")
     elif args.skip is not None or args.sigma_skip is not None or args.warm_history:
         raise ValueError("--skip/--sigma-skip/--warm-history need --teleport GAUSSIAN_FILE")
+    skip = args.skip
+    if skip is not None and skip != "auto":
+        try:
+            skip = float(skip)
+        except ValueError:
+            raise ValueError(f"--skip must be a fraction in [0, 1) or 'auto'; got {skip!r}") from None
+    skip_data = None
+    if skip == "auto":
+        if args.skip_data is None:
+            raise ValueError("--skip auto needs --skip-data NAME|PATH (held-out clean samples)")
+        from .. import data as data_mod
+
+        named = isinstance(args.skip_data, str) and args.skip_data in getattr(data_mod, "DATASETS", {})
+        skip_data = data_mod.resolve(args.skip_data, split="test" if named else "train")
+    elif args.skip_data is not None:
+        raise ValueError("--skip-data is only used with --skip auto")
     result = sample(model, n=args.n, shape=shape, sigmas=sigmas, solver=args.solver, seed=args.seed,
-                    teleport=gaussian, skip=args.skip, sigma_skip=args.sigma_skip,
+                    teleport=gaussian, skip=skip, sigma_skip=args.sigma_skip, skip_data=skip_data,
+                    skip_threshold=args.skip_threshold,
                     warm_history=args.warm_history, batch_size=args.batch_size, device=args.device, dtype=dtype,
                     progress=not args.no_progress, **parse_opts(args.opt))
     images = result.images.float().cpu()

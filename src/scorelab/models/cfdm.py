@@ -74,7 +74,10 @@ class CFDM:
         self.draws_ = torch.randn(self.n_draws, *self.shape_, generator=g, dtype=torch.float64).to(
             device=self.device, dtype=self.dtype)
 
-    fit = classmethod(lambda cls, data, **kw: cls(data, **kw))
+    @classmethod
+    def fit(cls, data, *args, **kwargs) -> "CFDM":
+        """Same as the constructor (a non-parametric model: fitting stores the data)."""
+        return cls(data, *args, **kwargs)
 
     @property
     def data_(self) -> torch.Tensor:

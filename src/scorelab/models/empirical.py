@@ -111,10 +111,10 @@ def as_rows(data, name: str = "data") -> Rows:
 def scan_rows(rows: Rows, chunk_size: int, name: str = "data") -> float:
     """One pass over the data: checks finiteness (for streamed data) and returns max ‖y_i‖."""
     ymax = 0.0
-    for _, y in rows.chunks(chunk_size, dtype=torch.float64):
+    for _, y in rows.chunks(chunk_size):
         if rows.tensor is None and not torch.isfinite(y).all():
             raise ValueError(f"{name} contains NaN or infinite values")
-        ymax = max(ymax, float(y.norm(dim=1).max()))
+        ymax = max(ymax, float(torch.linalg.vector_norm(y, dim=1, dtype=torch.float64).max()))
     return ymax
 
 
@@ -215,7 +215,7 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
     offset = 0.5 * x64.pow(2).sum(1) * inv_var  # ‖x‖²/2σ²: (x·y − ‖y‖²/2)/σ² − ‖x‖²/2σ² = −‖x − y‖²/2σ²
     x_aug = torch.cat([x.to(dtype) * inv_var.to(dtype)[:, None], (-0.5 * inv_var).to(dtype)[:, None]], dim=1)
     for start, y in rows.chunks(chunk_size, dtype=dtype, device=dev):
-        y_aug = torch.cat([y, y.pow(2).sum(1, keepdim=True)], dim=1)
+        y_aug = torch.cat([y, torch.einsum("nd,nd->n", y, y)[:, None]], dim=1)
         logits = x_aug @ y_aug.T  # (x·y − ‖y‖²/2)/σ²  [B, n]
         if query_labels is not None:
             logits.masked_fill_(labels[start:start + y.shape[0]][None, :] != query_labels[:, None], -math.inf)
@@ -296,7 +296,10 @@ class Empirical:
             self.labels_ = labels.to(self.device, torch.long)
         self.ymax_ = scan_rows(self.rows_, self.chunk_size)
 
-    fit = classmethod(lambda cls, data, **kw: cls(data, **kw))
+    @classmethod
+    def fit(cls, data, *args, **kwargs) -> "Empirical":
+        """Same as the constructor (a non-parametric model: fitting stores the data)."""
+        return cls(data, *args, **kwargs)
 
     @property
     def data_(self) -> torch.Tensor:
@@ -321,7 +324,8 @@ class Empirical:
             if class_labels.numel() == 1:
                 class_labels = class_labels.expand(x.shape[0])
             if class_labels.shape[0] != x.shape[0]:
-                raise ValueError(f"class_labels must have {x.shape[0]} entries (one per x); got {class_labels.shape[0]}")
+                raise ValueError(f"class_labels must have {x.shape[0]} entries (one per x); "
+                                 f"got {class_labels.shape[0]}")
             if not torch.isin(class_labels, self.labels_).all():
                 raise ValueError("class_labels contains a class absent from the training labels")
         out = []

@@ -79,11 +79,16 @@ class KNN:
                                     dtype=self.dtype, device=self.device)
         self.data_flat_ = self.empirical_.rows_.tensor  # [N, d] in the compute dtype
         self.norms_ = self.data_flat_.pow(2).sum(1)
+        self.ymax_ = float(self.norms_.max().sqrt())
+        self.refine_tol = self.empirical_.refine_tol
         self.index_ = None
         if not self.exact and self.index != "torch":
             self.index_ = self._build_index(_index_bytes)
 
-    fit = classmethod(lambda cls, data, **kw: cls(data, **kw))
+    @classmethod
+    def fit(cls, data, *args, **kwargs) -> "KNN":
+        """Same as the constructor (a non-parametric model: fitting stores the data)."""
+        return cls(data, *args, **kwargs)
 
     @property
     def n_samples_(self) -> int:
@@ -118,12 +123,18 @@ class KNN:
         return index
 
     def neighbours(self, x: torch.Tensor) -> torch.Tensor:
-        """Indices [B, k] of the k nearest training points of each flattened query (−1 where an approximate
-        index found fewer)."""
+        """Indices [B, k] of the k nearest training points of each query (−1 where an approximate index found
+        fewer)."""
+        return self.search(x)[1]
+
+    def search(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(squared distances [B, k] float64, as computed in float32 by the search; indices [B, k])."""
         q = x.reshape(x.shape[0], -1)
         if self.index_ is not None:
-            _, idx = self.index_.search(np.ascontiguousarray(q.detach().cpu().to(torch.float32).numpy()), self.k)
-            return torch.from_numpy(idx).to(self.device)
+            dist, idx = self.index_.search(np.ascontiguousarray(q.detach().cpu().to(torch.float32).numpy()), self.k)
+            idx = torch.from_numpy(idx).to(self.device)
+            d2 = torch.from_numpy(dist).to(device=self.device, dtype=torch.float64)
+            return d2.masked_fill(idx < 0, math.inf), idx
         best_d = torch.full((q.shape[0], 0), math.inf, dtype=self.dtype, device=self.device)
         best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=self.device)
         qd = q.to(device=self.device, dtype=self.dtype)
@@ -134,7 +145,8 @@ class KNN:
             cat_i = torch.cat([best_i, torch.arange(start, start + y.shape[0], device=self.device).expand_as(d)], 1)
             best_d, pos = cat_d.topk(min(self.k, cat_d.shape[1]), dim=1, largest=False)
             best_i = cat_i.gather(1, pos)
-        return best_i
+        d2 = (best_d.to(torch.float64) + qd.to(torch.float64).pow(2).sum(1, keepdim=True)).clamp(min=0)
+        return d2, best_i
 
     # -- the estimator -----------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -143,37 +155,62 @@ class KNN:
             return self.empirical_(x, sigma)
         s = sigma_view(sigma, x).reshape(-1).to(torch.float64)
         inv_var = (1.0 / s.pow(2).clamp(min=1e-30)).expand(x.shape[0]).to(self.device)
-        q = x.reshape(x.shape[0], -1).to(device=self.device)
-        nbrs = self.neighbours(q)
-        tail = torch.randint(0, self.n_samples_, (self.n_random,), generator=self.generator).to(self.device)
-        out = torch.cat([self._estimate(q[i:i + 64], inv_var[i:i + 64], nbrs[i:i + 64], tail)
-                         for i in range(0, q.shape[0], 64)])
-        return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+        q = x.reshape(x.shape[0], -1).to(device=self.device, dtype=self.dtype)
+        d2, nbrs = self.search(q)
+        m, z, s = self._neighbour_sums(q, inv_var, nbrs, d2)
+        if self.n_random:
+            tail = torch.randint(0, self.n_samples_, (self.n_random,), generator=self.generator).to(self.device)
+            m_r, z_r, s_r = self._tail_sums(q, inv_var, nbrs, tail)
+            top = torch.maximum(m, m_r)
+            a, b = torch.exp(m - top), torch.exp(m_r - top)
+            z, s = z * a + z_r * b, s * a[:, None] + s_r * b[:, None]
+        return (s / z[:, None]).reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
-    def _estimate(self, q, inv_var, nbrs, tail):
-        q64 = q.to(torch.float64)
-        valid = nbrs >= 0
-        y_k = self.data_flat_[nbrs.clamp(min=0)]  # [b, k, d]
-        # neighbours: direct differences, accurate at small σ
-        l_k = -0.5 * (q[:, None, :].to(self.dtype) - y_k).pow(2).sum(-1).to(torch.float64) * inv_var[:, None]
-        l_k = l_k.masked_fill(~valid, -math.inf)
-        parts_l, parts_y = [l_k], None
-        if self.n_random:
-            y_r = self.data_flat_[tail]  # [n, d]
-            # tail: one GEMM, ‖x − y‖² = ‖x‖² − 2x·y + ‖y‖² in float64 after the product
-            d2 = (q64.pow(2).sum(1, keepdim=True) - 2 * (q.to(self.dtype) @ y_r.T).to(torch.float64)
-                  + self.norms_[tail].to(torch.float64)[None, :]).clamp(min=0)
-            in_k = (nbrs[:, :, None] == tail[None, None, :]).any(1)  # tail points already counted in K
-            l_r = (-0.5 * d2 * inv_var[:, None] + math.log(self.n_samples_ / self.n_random))
-            l_r = l_r.masked_fill(in_k, -math.inf)
-            parts_l.append(l_r)
-        logits = torch.cat(parts_l, 1)
-        m = logits.max(1, keepdim=True).values
-        w = torch.exp(logits - m)  # [b, k + n]
-        num = torch.einsum("bk,bkd->bd", w[:, :self.k].to(self.dtype), y_k).to(torch.float64)
-        if self.n_random:
-            num = num + (w[:, self.k:].to(self.dtype) @ y_r).to(torch.float64)
-        return num / w.sum(1, keepdim=True)
+    def _neighbour_sums(self, q, inv_var, nbrs, d2):
+        """Softmax statistics (max, Σ e^{ℓ−m}, Σ e^{ℓ−m} y) over each query's neighbours, ℓ = −‖x − y‖²/2σ².
+
+        ℓ comes from the search's float32 distances; rows where their error bound δ/σ² exceeds `refine_tol`
+        recompute, in float64, every neighbour within 25 + log N + 2δ/σ² of the best (the rest carry < e^{-25} of
+        the weight and are dropped). The weighted sum is one `embedding_bag` (no [B, k, d] gather)."""
+        eps = torch.finfo(torch.float32).eps
+        x64 = q.to(torch.float64)
+        delta = math.sqrt(q.shape[1]) * eps * (x64.pow(2).sum(1) + self.ymax_ ** 2)
+        logits = (-0.5 * d2 * inv_var[:, None]).masked_fill(nbrs < 0, -math.inf)
+        refine = (delta * inv_var) > self.refine_tol
+        if bool(refine.any()):
+            margin = 25 + math.log(self.n_samples_) + 2 * delta * inv_var
+            top = logits.max(1).values
+            cand = refine[:, None] & (logits >= (top - margin)[:, None]) & (nbrs >= 0)
+            logits[refine[:, None] & ~cand] = -math.inf
+            b, j = cand.nonzero(as_tuple=True)
+            for k in range(0, b.numel(), 8192):
+                bb, jj = b[k:k + 8192], j[k:k + 8192]
+                y = self.data_flat_[nbrs[bb, jj]].to(torch.float64)
+                logits[bb, jj] = -0.5 * (x64[bb] - y).pow(2).sum(1) * inv_var[bb]
+        m = logits.max(1).values
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row with no neighbour found
+        w = torch.exp(logits - m[:, None])
+        s = torch.nn.functional.embedding_bag(nbrs.clamp(min=0), self.data_flat_, mode="sum",
+                                              per_sample_weights=w.to(self.dtype))
+        return m, w.sum(1), s.to(torch.float64)
+
+    def _tail_sums(self, q, inv_var, nbrs, tail, block: int = 256):
+        """Softmax statistics over the uniform tail draws, each weighted N/n_random, draws inside a query's
+        neighbour set left out: one GEMM for ‖x − y‖² = ‖x‖² − 2x·y + ‖y‖² and one for Σ w y."""
+        y_r = self.data_flat_[tail]  # [n, d]
+        y2 = self.norms_[tail].to(torch.float64)
+        x2 = q.to(torch.float64).pow(2).sum(1)
+        d2 = (x2[:, None] - 2 * (q @ y_r.T).to(torch.float64) + y2[None, :]).clamp(min=0)
+        logits = -0.5 * d2 * inv_var[:, None] + math.log(self.n_samples_ / self.n_random)
+        for i in range(0, q.shape[0], block):  # tail draws already counted among the neighbours
+            nb = nbrs[i:i + block]
+            member = torch.zeros(nb.shape[0], self.n_samples_, dtype=torch.bool, device=q.device)
+            member.scatter_(1, nb.clamp(min=0), nb >= 0)
+            logits[i:i + block].masked_fill_(member[:, tail], -math.inf)
+        m = logits.max(1).values
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        w = torch.exp(logits - m[:, None])
+        return m, w.sum(1), (w.to(self.dtype) @ y_r).to(torch.float64)
 
     # -- protocol ----------------------------------------------------------------------------------------------
     def _kwargs(self) -> dict:

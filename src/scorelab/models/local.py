@@ -8,7 +8,7 @@ an exact running-max log-sum-exp, so memory is bounded by `chunk_size`, never by
 
 - ELS: Kamb & Ganguli, "An analytic theory of creativity in convolutional diffusion models" (2024).
 - PSPC: Niedoba et al., "Towards a mechanistic explanation of diffusion model generalization" (2025).
-- Wiener / locality masks: Lukoianov et al., "Locality in image diffusion models emerges from data
+- Wiener / locality masks (local_wiener.py): Lukoianov et al., "Locality in image diffusion models emerges from data
   statistics" (2025).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .._checks import check_data, check_positive_int, check_tensor, check_fraction, sigma_view
+from .._checks import check_data, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
 
-__all__ = ["ELS", "PSPC", "Wiener", "PatchSchedule", "patch_index", "position_classes"]
+__all__ = ["ELS", "PSPC", "Wiener", "PatchSchedule", "patch_index", "position_classes", "stream_posterior_mean"]
 
 DEFAULT_CHUNK = 2 ** 20  # elements of one block of logits (8 MB in float64): small blocks stay in cache
 DEFAULT_BANK = 2 ** 25   # largest de-duplicated patch bank kept in memory (elements; 256 MB in float64)
@@ -189,6 +189,9 @@ def scatter_mean(patches: torch.Tensor, index: torch.Tensor, shape) -> torch.Ten
 # ----------------------------------------------------------------------------------------------------------
 # the streamed posterior mean
 
+_LOG_FLOOR = {torch.float64: -600.0, torch.float32: -60.0, torch.float16: -8.0, torch.bfloat16: -60.0}
+
+
 def augment(phi: torch.Tensor, log_count: torch.Tensor | None = None) -> torch.Tensor:
     """Training patches [G, M, D] → [G, M, D+2] = [φ, ‖φ‖², log multiplicity] (the GEMM side of the logits)."""
     lc = phi.new_zeros(*phi.shape[:-1], 1) if log_count is None else log_count[..., None].to(phi)
@@ -202,17 +205,20 @@ def stream_posterior_mean(queries, inv_var, chunks) -> torch.Tensor:
     v [G, M, K]) with multiplicities c (1 unless the bank was de-duplicated). The logits
     ⟨q, φ⟩/σ² − ‖φ‖²/2σ² + log c (the row constant −‖q‖²/2σ² cancels) are one GEMM of [q/σ², −1/2σ², 1]
     with the augmented patches; a running max makes the log-sum-exp exact (no overflow as σ → 0, no row
-    summing to zero). Returns [G, R, K]."""
+    summing to zero). Weights below e^floor of a row's largest (floor = −600 in float64, −60 in float32) are
+    raised to e^floor, which keeps every product normal (denormal arithmetic is ~10× slower) and changes a
+    row by at most M·e^floor relative (≤ 1e-17 in float32 for M ≤ 1e9). Returns [G, R, K]."""
     g, r, _ = queries.shape
     iv = inv_var.expand(g, r)[..., None]
     q_aug = torch.cat([queries * iv, -0.5 * iv, torch.ones_like(iv)], dim=-1)             # [G, R, D+2]
+    floor = _LOG_FLOOR[queries.dtype] if queries.dtype in _LOG_FLOOR else -60.0
     m = queries.new_full((g, r, 1), -math.inf)
     acc = total = None
     for phi_aug, val in chunks:
         # (with G = 1 a plain mm: bmm copies a transposed right operand, mm hands it to BLAS as is)
         logits = torch.mm(q_aug[0], phi_aug[0].T)[None] if g == 1 else torch.bmm(q_aug, phi_aug.transpose(1, 2))
         m_new = torch.maximum(m, logits.amax(-1, keepdim=True))                          # logits: [G, R, M]
-        w = logits.sub_(m_new).exp_()
+        w = logits.sub_(m_new).clamp_(min=floor).exp_()
         s = w.sum(-1, keepdim=True)
         part = torch.mm(w[0], val[0])[None] if g == 1 else torch.bmm(w, val)             # [G, R, K]
         if acc is None:
@@ -253,6 +259,16 @@ def _check_image_data(data, n_data, seed, name="data"):
     return _subset(data, n_data, seed)
 
 
+def _device_args(args) -> dict:
+    """device= / dtype= from the shared CLI options (--device, --dtype), when the command has them."""
+    out = {}
+    if getattr(args, "device", None):
+        out["device"] = args.device
+    if getattr(args, "dtype", None):
+        out["dtype"] = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    return out
+
+
 class _PatchPosterior:
     """Base of ELS and PSPC: data_, a patch schedule, border handling and the streamed computation."""
 
@@ -275,9 +291,9 @@ class _PatchPosterior:
         self.n_data, self.seed = n_data, seed
         data = _check_image_data(data, n_data, seed)
         self.data_ = data.to(device=device, dtype=dtype if dtype is not None else data.dtype)
+        self._cache = {}  # patch geometry per size and de-duplicated banks per (size, pool)
         for p in self.schedule.sizes():
             self._geometry(p)  # validates sizes against the image (border='valid')
-        self._cache = {}
 
     @classmethod
     def fit(cls, data, patch_size=3, **kwargs):
@@ -296,8 +312,6 @@ class _PatchPosterior:
 
     def _geometry(self, p):
         key = (p, self.border)
-        if not hasattr(self, "_cache"):
-            self._cache = {}
         if key not in self._cache:
             _, h, w = self.shape
             idx = patch_index(h, w, p, self.border)
@@ -458,7 +472,7 @@ class _PatchPosterior:
     @classmethod
     def fit_from_cli(cls, data, args):
         return cls(data, PatchSchedule.parse(args.patch_size), equivariant=args.equivariant, border=args.border,
-                   n_data=args.n_data, seed=args.seed, chunk_size=args.chunk_size)
+                   n_data=args.n_data, seed=args.seed, chunk_size=args.chunk_size, **_device_args(args))
 
 
 class ELS(_PatchPosterior):
@@ -502,169 +516,6 @@ class PSPC(_PatchPosterior):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Wiener filter and its locality masks
+# the Wiener locality model lives beside this file (kept importable as scorelab.models.local.Wiener)
 
-class Wiener:
-    """Linear (Wiener) denoiser of the data covariance and the masked empirical denoiser it induces.
-
-    Linear: D(x, σ) = μ + W_σ (x − μ),  W_σ = Σ (Σ + σ² I)⁻¹ = U diag(λ / (λ + σ²)) Uᵀ.
-    Locality mask of pixel p at σ: the fewest pixels q (p always included) whose squared filter weights
-    W_σ[p, q]² hold an `energy` fraction of row p's total (Lukoianov et al. 2025).
-    Masked empirical ("masked", the default): D(x, σ)_p = Σ_n w_n^p x_n[p],
-    w_n^p ∝ exp(−Σ_q M_σ[p, q] (x_q − x_n[q])² / 2σ²), streamed over the data with a running-max logsumexp.
-    energy=1 gives masks that keep every pixel with a non-zero weight (the empirical denoiser when W_σ
-    has no zero entries).
-    """
-
-    kind = "wiener"
-    MODES = ("masked", "linear")
-
-    def __init__(self, data, *, mode: str = "masked", energy: float = 0.9, n_data: int | None = None,
-                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK, dtype=None, device=None):
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}; got {mode!r}")
-        self.mode = mode
-        self.energy = check_fraction(energy, name="energy")
-        if self.energy == 0:
-            raise ValueError("energy must be in (0, 1]; got 0")
-        self.chunk_size = check_positive_int(chunk_size, name="chunk_size")
-        self.n_data, self.seed = n_data, seed
-        full = check_data(data, name="data")
-        dtype = dtype if dtype is not None else full.dtype
-        flat = full.reshape(full.shape[0], -1).to(torch.float64)
-        mean = flat.mean(0)
-        cov = torch.cov(flat.T, correction=0) if flat.shape[0] > 1 else torch.zeros(flat.shape[1], flat.shape[1],
-                                                                                     dtype=torch.float64)
-        evals, evecs = torch.linalg.eigh(cov.reshape(flat.shape[1], flat.shape[1]))
-        self.mean_ = mean.reshape(full.shape[1:]).to(device=device, dtype=dtype)
-        self.eigvals_ = evals.clamp(min=0).to(device=device, dtype=dtype)
-        self.eigvecs_ = evecs.to(device=device, dtype=dtype)
-        self.data_ = _subset(full, n_data, seed).to(device=device, dtype=dtype)
-
-    @classmethod
-    def fit(cls, data, **kwargs):
-        """Same as the constructor."""
-        return cls(data, **kwargs)
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.mean_.shape)
-
-    shape_ = shape
-
-    def filter(self, sigma: float) -> torch.Tensor:
-        """W_σ = U diag(λ / (λ + σ²)) Uᵀ, [d, d]."""
-        lam = self.eigvals_
-        return (self.eigvecs_ * (lam / (lam + float(sigma) ** 2))) @ self.eigvecs_.T
-
-    def masks(self, sigma: float) -> torch.Tensor:
-        """Boolean [d, d]: row p = the locality mask of pixel p at σ."""
-        w2 = self.filter(sigma) ** 2
-        d = w2.shape[0]
-        eye = torch.eye(d, dtype=torch.bool, device=w2.device)
-        w2 = torch.where(eye, torch.full_like(w2, math.inf), w2)       # p first, always kept
-        vals, order = torch.sort(w2, dim=1, descending=True)
-        vals[:, 0] = self.filter(sigma).diagonal() ** 2
-        total = vals.sum(1, keepdim=True)
-        before = torch.cumsum(vals, 1) - vals                            # energy of the entries ranked above
-        keep = before < self.energy * total * (1 - 1e-12)
-        keep[:, 0] = True
-        if self.energy >= 1:
-            keep |= vals > 0
-        return torch.zeros_like(eye).scatter_(1, order, keep)
-
-    def linear(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """μ + U diag(λ / (λ + σ²)) Uᵀ (x − μ), per-sample σ allowed."""
-        check_tensor(x, name="x", min_ndim=2)
-        if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}]; got {tuple(x.shape)}")
-        xd = x.to(self.mean_)
-        s = sigma_view(sigma, xd).reshape(-1, 1)
-        z = (xd - self.mean_).reshape(x.shape[0], -1) @ self.eigvecs_
-        z = z * (self.eigvals_ / (self.eigvals_ + s ** 2))
-        return (self.mean_ + (z @ self.eigvecs_.T).reshape(x.shape)).to(x.dtype)
-
-    def masked(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """The masked empirical denoiser with the locality masks at each sample's σ."""
-        check_tensor(x, name="x", min_ndim=2)
-        if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}]; got {tuple(x.shape)}")
-        s = sigma_view(sigma, x).reshape(-1).expand(x.shape[0])
-        xd = x.to(self.data_).reshape(x.shape[0], -1)
-        out = xd.clone()
-        for v in torch.unique(s).tolist():
-            if v == 0:
-                continue
-            sel = s == v
-            out[sel] = self._masked(xd[sel], v)
-        return out.reshape(x.shape).to(x.dtype)
-
-    def _masked(self, x, sigma):
-        m = self.masks(sigma).to(x.dtype)                                # [d, d]
-        data = self.data_.reshape(self.data_.shape[0], -1)
-        b, d = x.shape
-        n_chunk = max(1, self.chunk_size // max(1, b * d))
-        inv = 1.0 / (2 * sigma ** 2)
-        run_max = x.new_full((b, d), -math.inf)
-        total = x.new_zeros(b, d)
-        acc = x.new_zeros(b, d)
-        for a in range(0, data.shape[0], n_chunk):
-            xn = data[a:a + n_chunk]                                     # [n, d]
-            diff2 = (x[:, None, :] - xn[None, :, :]) ** 2                # [B, n, d]
-            logits = (diff2 @ m.T).mul_(-inv)                            # [B, n, d]: −Σ_q M[p,q](x_q − x_nq)²/2σ²
-            new_max = torch.maximum(run_max, logits.amax(1))
-            rescale = torch.exp(run_max - new_max)
-            w = logits.sub_(new_max[:, None, :]).exp_()
-            total = total * rescale + w.sum(1)
-            acc = acc * rescale + (w * xn[None]).sum(1)
-            run_max = new_max
-        return acc / total
-
-    @torch.no_grad()
-    def __call__(self, x, sigma):
-        return self.linear(x, sigma) if self.mode == "linear" else self.masked(x, sigma)
-
-    def score(self, x, sigma):
-        return (self(x, sigma) - x) / sigma_view(sigma, x, allow_zero=False) ** 2
-
-    def to(self, device=None, dtype=None):
-        new = object.__new__(Wiener)
-        new.__dict__.update(self.__dict__)
-        for k in ("mean_", "eigvals_", "eigvecs_", "data_"):
-            setattr(new, k, getattr(self, k).to(device=device, dtype=dtype))
-        return new
-
-    def save(self, path) -> None:
-        save_state(path, {"mean": self.mean_, "eigvals": self.eigvals_, "eigvecs": self.eigvecs_,
-                          "data": self.data_}, kind=self.kind,
-                   config=dict(mode=self.mode, energy=self.energy, n_data=self.n_data, seed=self.seed,
-                               chunk_size=self.chunk_size))
-
-    @classmethod
-    def load(cls, path, device=None):
-        tensors, _, cfg = load_state(path, kind=cls.kind, device=device)
-        new = object.__new__(cls)
-        new.mode, new.energy, new.chunk_size = cfg["mode"], cfg["energy"], cfg["chunk_size"]
-        new.n_data, new.seed = cfg.get("n_data"), cfg.get("seed", 0)
-        new.mean_, new.eigvals_, new.eigvecs_ = tensors["mean"], tensors["eigvals"], tensors["eigvecs"]
-        new.data_ = tensors["data"]
-        return new
-
-    def __repr__(self):
-        return f"Wiener(mode={self.mode!r}, energy={self.energy}, n={self.data_.shape[0]}, shape={self.shape})"
-
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--mode", default="masked", choices=list(cls.MODES),
-                            help="masked empirical denoiser (default) or the linear Wiener filter")
-        parser.add_argument("--energy", type=float, default=0.9,
-                            help="fraction of each filter row's squared weight kept in the locality mask")
-        parser.add_argument("--n-data", type=int, default=None, metavar="N",
-                            help="random subset of N images for the masked empirical denoiser")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the --n-data subset")
-        parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="elements per block")
-
-    @classmethod
-    def fit_from_cli(cls, data, args):
-        return cls(data, mode=args.mode, energy=args.energy, n_data=args.n_data, seed=args.seed,
-                   chunk_size=args.chunk_size)
+from .local_wiener import Wiener  # noqa: E402

@@ -1,0 +1,186 @@
+"""Benchmarks of the metrics: Inception throughput against this machine's GEMM limit, FID wall time, and the
+explained-variance table of analytic models against a trained network. Prints markdown tables and writes
+bench/results/metrics.json (each part updates its own key).
+
+    .venv/bin/python bench/metrics.py speed                  # images/s vs FLOPs / GEMM rate, FID math time
+    .venv/bin/python bench/metrics.py ev --model models/fashion-mnist-unet [--n 512]
+    .venv/bin/python bench/metrics.py unet-fid --model models/fashion-mnist-unet --n 5000 --steps 18 35
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "metrics.json"
+
+
+def _update(key: str, value) -> None:
+    from scorelab._io import write_json
+
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    data[key] = value
+    write_json(RESULTS, data)
+
+
+def gemm_rate(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of float32 GEMM rate (FLOP/s) for n×n @ n×n at the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def inception_flops() -> float:
+    """FLOPs (2 × multiply-adds) of one 299×299 forward pass, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scorelab.metrics.inception import default_extractor
+
+    net = default_extractor().net_
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        net(torch.zeros(1, 3, 299, 299))
+    return float(fc.get_total_flops())
+
+
+def speed(args) -> None:
+    from scorelab.metrics.frechet import feature_stats, frechet_distance
+    from scorelab.metrics.inception import default_extractor, quantize
+
+    torch.set_num_threads(args.threads)
+    flops = inception_flops()
+    rate = gemm_rate()
+    net = default_extractor(batch_size=args.batch_size)
+    x = torch.rand(args.images, 1, 28, 28) * 2 - 1
+    px = quantize(x)
+    net.from_pixels(px[:args.batch_size], progress=False)  # warm-up
+    t = time.perf_counter()
+    net.from_pixels(px, progress=True, desc="inception speed")
+    ips = args.images / (time.perf_counter() - t)
+    limit = rate / flops
+    rate_after = gemm_rate()
+    # FID math on 10k × 2048 features: stats (two covariances) + the matrix square root
+    feats = torch.rand(10000, 2048)
+    t = time.perf_counter()
+    sa, sb = feature_stats(feats), feature_stats(feats.flip(0) + 0.01)
+    frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    fid_math = time.perf_counter() - t
+    res = {"threads": args.threads, "cpus": os.cpu_count(), "batch_size": args.batch_size,
+           "inception_gflop_per_image": flops / 1e9, "gemm_gflops_before": rate / 1e9, "gemm_gflops_after": rate_after / 1e9,
+           "images_per_s": ips, "limit_images_per_s": limit, "fraction_of_limit": ips / limit,
+           "fid_math_seconds_10k": fid_math, "fid_10k_vs_10k_seconds_estimate": 20000 / ips + fid_math,
+           "load_average": os.getloadavg()[0]}
+    _update("speed", res)
+    print("| threads | GFLOP/image | GEMM GFLOP/s (before/after) | limit img/s | measured img/s | % of limit | "
+          "FID math 10k (s) | FID 10k vs 10k incl. extraction (s, est.) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.threads} | {flops / 1e9:.2f} | {rate / 1e9:.1f} / {rate_after / 1e9:.1f} | {limit:.2f} | {ips:.2f} | "
+          f"{100 * ips / limit:.0f}% | {fid_math:.1f} | {res['fid_10k_vs_10k_seconds_estimate']:.0f} | "
+          f"{res['load_average']:.1f} |")
+
+
+def explained(args) -> None:
+    import scorelab as sl
+    from scorelab.diagnostics import explained_variance
+    from scorelab.report import load_denoiser, save_line_plot
+
+    torch.set_num_threads(args.threads)
+    net = load_denoiser(args.model)
+    train = sl.data.load(args.data, split="train", limit=args.n_fit)
+    held = sl.data.load(args.data, split="test", limit=args.n)
+    models, fit_s = {}, {}
+    for name, make in [("Gaussian", lambda: sl.Gaussian.fit(train)),
+                       ("GMM (K=10)", lambda: sl.GMM.fit(train, n_components=10, covariance="full", progress=True)),
+                       ("GMM (K=100)", lambda: sl.GMM.fit(train, n_components=100, covariance="full", progress=True)),
+                       ("Empirical", lambda: sl.Empirical(train))]:
+        if name in args.skip:
+            continue
+        t = time.perf_counter()
+        models[name] = make()
+        fit_s[name] = time.perf_counter() - t
+    grid = sl.schedules.karras(18)
+    t = time.perf_counter()
+    table = explained_variance(models, net, held, grid, batch_size=64)
+    seconds = time.perf_counter() - t
+    _update("explained_variance", {"model": args.model, "data": args.data, "n_eval": len(held), "n_fit": len(train),
+                                   "fit_seconds": fit_s, "seconds": seconds, "rows": list(table)})
+    sig = sorted({r["sigma"] for r in table})
+    for col in ("ev_score", "ev_denoiser"):
+        ys = {m: [next(r[col] for r in table if r["model"] == m and r["sigma"] == s) for s in sig] for m in models}
+        save_line_plot(sig, ys, RESULTS.parent / f"ev_{col}.png", xlabel="σ", ylabel=col, logx=True,
+                       ylim=(-0.1, 1.02), title=f"{col} against {args.model} ({args.data} test, n={len(held)})")
+    wide = []
+    for s in sorted(sig, reverse=True):
+        row = {"sigma": s}
+        for m in models:
+            r = next(r for r in table if r["model"] == m and r["sigma"] == s)
+            row[f"{m} EV_s"], row[f"{m} EV_D"] = r["ev_score"], r["ev_denoiser"]
+        wide.append(row)
+    print(sl.diagnostics.Table(wide).to_markdown())
+
+
+def unet_fid(args) -> None:
+    import scorelab as sl
+    from scorelab.metrics.frechet import fid
+    from scorelab.metrics.kid import kid
+    from scorelab.metrics.stats import cached_image_features, reference_features
+    from scorelab.report import load_denoiser
+
+    torch.set_num_threads(args.threads)
+    net = load_denoiser(args.model)
+    ref = reference_features(args.data, "test", args.n)
+    out = {}
+    for steps in args.steps:
+        res = sl.sample(net, n=args.n, sigmas=sl.schedules.karras(steps), solver="heun", seed=0, batch_size=250,
+                        progress=True)
+        f = cached_image_features(res.images, desc=f"inception heun-{steps}")
+        k = kid(f, ref)
+        out[f"heun{steps}"] = {"nfe": res.nfe, "fid": fid(f, ref), "kid": k.mean, "kid_std": k.std,
+                               "sample_seconds": res.seconds}
+        print(steps, out[f"heun{steps}"], flush=True)
+    _update("unet_fid", {"model": args.model, "n": args.n, **out})
+    print("| solver | steps | NFE | FID | KID |\n|---|---|---|---|---|")
+    for steps in args.steps:
+        r = out[f"heun{steps}"]
+        print(f"| heun | {steps} | {r['nfe']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--images", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.set_defaults(func=speed)
+    e = sub.add_parser("ev")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", default="fashion-mnist")
+    e.add_argument("--n", type=int, default=512)
+    e.add_argument("--n-fit", type=int, default=60000)
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
+    e.set_defaults(func=explained)
+    u = sub.add_parser("unet-fid")
+    u.add_argument("--model", required=True)
+    u.add_argument("--data", default="fashion-mnist")
+    u.add_argument("--n", type=int, default=5000)
+    u.add_argument("--steps", type=int, nargs="+", default=[18, 35])
+    u.add_argument("--threads", type=int, default=1)
+    u.set_defaults(func=unet_fid)
+    args = p.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

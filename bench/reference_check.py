@@ -1,0 +1,110 @@
+"""Check a shipped reference model against DESIGN.md's bar and write the numbers of its model card.
+
+    python bench/reference_check.py models/fashion-mnist-unet --data fashion-mnist [--n 1000] [--fid 5000]
+    python bench/reference_check.py models/two-moons-mlp --data two-moons
+
+1. Denoiser MSE E‖D(x0 + σε, σ) − x0‖² / dim on held-out (test-split) data at every σ of the Karras 18-step grid
+   (0.002 … 80), against the Gaussian denoiser fitted to the train split (`sl.Gaussian.fit`): bar MSE_net ≤ MSE_gauss.
+2. Heun 18-step samples (NFE 35), seed 0: a PNG grid (images) or scatter plot (2-D) in the model directory.
+3. With --fid N (images, when `sl.metrics.fid` exists): FID of N Heun-18 samples vs N test images, and of N train
+   vs N test images (bar: at most twice the latter). 2-D data: sliced Wasserstein distance of samples vs test.
+Prints markdown tables; writes bench/results/reference_<model>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import scorelab as sl
+from scorelab._io import write_json
+
+
+def mse_per_sigma(denoiser, x0, sigmas, *, chunk=250, seed=0):
+    """[len(sigmas)] mean squared error per dimension, same noise for every model (seeded)."""
+    out = []
+    for s in sigmas:
+        g = torch.Generator().manual_seed(seed)
+        tot = 0.0
+        for i in range(0, len(x0), chunk):
+            xb = x0[i:i + chunk]
+            noise = torch.randn(xb.shape, generator=g)
+            with torch.no_grad():
+                d = denoiser(xb + float(s) * noise, float(s))
+            tot += float(((d.double() - xb.double()) ** 2).sum())
+        out.append(tot / x0.numel())
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="model directory (model.safetensors + config.json)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--n", type=int, default=1000, help="held-out samples for the MSE table")
+    p.add_argument("--fid", type=int, default=0, metavar="N", help="FID with N samples (0: skip)")
+    p.add_argument("--grid", type=int, default=64, help="samples in the PNG")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/reference_<model>.json)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    model_dir = Path(a.model)
+    net = sl.load_model(model_dir)
+    train = sl.data.load(a.data, split="train")
+    test = sl.data.load(a.data, split="test")
+    gauss = sl.Gaussian.fit(train)
+    sigmas = sl.schedules.karras(18, 0.002, 80.0, 7.0)[:-1]
+    x0 = test[:a.n]
+    mse_net = mse_per_sigma(net, x0, sigmas)
+    mse_g = mse_per_sigma(gauss, x0, sigmas)
+    rows = [{"sigma": round(float(s), 4), "mse_net": m, "mse_gauss": g, "ratio": m / g, "ok": m <= g}
+            for s, m, g in zip(sigmas, mse_net, mse_g)]
+    print(f"Denoiser MSE per dimension on {len(x0)} held-out {a.data} samples ({model_dir.name} vs Gaussian fitted "
+          f"to the train split); bar: net ≤ Gaussian at every σ — {'met' if all(r['ok'] for r in rows) else 'NOT met'} "
+          f"({sum(r['ok'] for r in rows)}/{len(rows)} σ)\n")
+    print("| σ | MSE net | MSE Gaussian | net / Gaussian | ≤ |")
+    print("|---:|---:|---:|---:|:-:|")
+    for r in rows:
+        print(f"| {r['sigma']:g} | {r['mse_net']:.4g} | {r['mse_gauss']:.4g} | {r['ratio']:.3f} | {'✓' if r['ok'] else '✗'} |")
+
+    res = {"model": str(model_dir), "data": a.data, "n_heldout": len(x0), "rows": rows,
+           "bar_mse_met": all(r["ok"] for r in rows)}
+    grid = sl.schedules.karras(18)
+    s = sl.sample(net, n=a.grid, sigmas=grid, solver="heun", seed=0, batch_size=64)
+    if s.images.ndim == 4:
+        s.save_grid(model_dir / "samples_heun18.png", nrow=8, scale=2)
+    else:
+        n_pts = 2000
+        s = sl.sample(net, n=n_pts, sigmas=grid, solver="heun", seed=0, batch_size=2000)
+        s.save_grid(model_dir / "samples_heun18.png", title=f"Heun 18 steps (NFE {s.nfe}), {n_pts} samples",
+                    reference=test[:n_pts])
+        gs = gauss.sample(n_pts, generator=torch.Generator().manual_seed(0)).float()
+        sw = sl.metrics.sliced_wasserstein(s.images, test[:n_pts])
+        sw_g = sl.metrics.sliced_wasserstein(gs, test[:n_pts])
+        sw_tt = sl.metrics.sliced_wasserstein(train[:n_pts], test[:n_pts])
+        res.update(sliced_wasserstein={"samples_vs_test": sw, "gaussian_vs_test": sw_g, "train_vs_test": sw_tt})
+        print(f"\nSliced Wasserstein-2 vs {n_pts} test points: Heun-18 samples {sw:.4f}, Gaussian samples "
+              f"{sw_g:.4f}, train points {sw_tt:.4f}")
+    res["samples_png"] = str(model_dir / "samples_heun18.png")
+    res["sample_nfe"] = s.nfe
+    if a.fid and s.images.ndim == 4:
+        if not hasattr(sl.metrics, "fid"):
+            print("\nsl.metrics.fid not available: FID skipped")
+        else:
+            n = a.fid
+            samples = sl.sample(net, n=n, sigmas=grid, solver="heun", seed=1, batch_size=100, progress=True).images
+            fid = sl.metrics.fid(samples, test[:n])
+            fid_ref = sl.metrics.fid(train[:n], test[:n])
+            res.update(fid={"n": n, "samples_vs_test": fid, "train_vs_test": fid_ref, "ratio": fid / fid_ref,
+                            "bar_met": fid <= 2 * fid_ref})
+            print(f"\n| FID ({n} vs {n} test) | value |\n|---|---:|\n| Heun-18 samples | {fid:.2f} |\n"
+                  f"| train images | {fid_ref:.2f} |\n| ratio (bar ≤ 2) | {fid / fid_ref:.2f} |")
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(a.out or f"bench/results/reference_{model_dir.name}.json", res)
+
+
+if __name__ == "__main__":
+    main()
