@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 IMG = ROOT / "docs" / "img"
+GMM_FILE = ROOT / "out" / "gmm_fashion_k100.safetensors"  # written by the gmm part, read by samples (not in git)
 
 
 def fmnist(split="train"):
@@ -212,8 +213,7 @@ def part_gmm(args):
     t0 = time.perf_counter()
     g = sl.GMM.fit(y, args.gmm_k, "lowrank", args.gmm_rank, max_iter=args.gmm_iter, tol=1e-5, progress=True)
     sec = time.perf_counter() - t0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    g.save(RESULTS / "gmm_fashion_k100.safetensors")
+    g.save(GMM_FILE)
     ll = g.log_likelihood_
     res = {"K": args.gmm_k, "covariance": "lowrank", "rank": args.gmm_rank, "seconds": sec, "n_iter": g.n_iter_,
            "converged": g.converged_, "log_likelihood": ll, "threads": torch.get_num_threads(),
@@ -236,7 +236,7 @@ def part_samples(args):
     sigmas = schedules.karras(18, sigma_min=0.002, sigma_max=80.0)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(n, 1, 28, 28, generator=g) * 80.0
-    gmm_path = RESULTS / "gmm_fashion_k100.safetensors"
+    gmm_path = GMM_FILE
     models = {"empirical": sl.Empirical(y)}
     for lam in args.smoothing:
         models[f"cfdm-{lam:g}"] = sl.CFDM(y, lam, args.n_draws, sigma_start=args.sigma_start)
@@ -272,7 +272,7 @@ def main():
     p.add_argument("--sigmas-gemm", type=float, nargs="+", default=[0.05, 1.0])
     p.add_argument("--sigmas-knn", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0, 80.0])
     p.add_argument("--k", type=int, default=64)
-    p.add_argument("--n-random", type=int, default=256)
+    p.add_argument("--n-random", type=int, default=2048)
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=4096)
     p.add_argument("--reps", type=int, default=5)

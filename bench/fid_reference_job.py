@@ -4,7 +4,7 @@ then FID train-vs-test at 5k/5k and 10k/10k. Single thread. Writes bench/results
     nohup .venv/bin/python bench/fid_reference_job.py > bench/results/fid_train_test.log 2>&1 &
 """
 import json
-import sys
+
 import time
 
 import torch
@@ -12,7 +12,7 @@ import torch
 torch.set_num_threads(1)
 from scorelab._io import write_json  # noqa: E402
 from scorelab.data.idx import read_idx  # noqa: E402
-from scorelab.metrics.frechet import fid, feature_stats  # noqa: E402
+from scorelab.metrics.frechet import fid  # noqa: E402
 from scorelab.metrics.kid import kid  # noqa: E402
 from scorelab.metrics.stats import cached_image_features, cache_dir  # noqa: E402
 

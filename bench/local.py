@@ -1,12 +1,13 @@
 """Local denoisers (ELS / LS / PSPC) on Fashion-MNIST: speed vs the loop reference, sampling throughput, and
 fidelity to the project's trained U-Net (when models/fashion-mnist-unet exists).
 
-    .venv/bin/python bench/local.py [--parts speed,sample,fidelity] [--n-data N] [--threads 1]
+    .venv/bin/python bench/local.py [--parts speed,sample,wiener,fidelity] [--n-data N] [--threads 1]
 
 Parts
 - speed:    vectorised ELS / bbELS / LS / PSPC vs `models/local_reference.py` (one Python iteration per pixel),
             same inputs in float64: max |difference| and speed-up.
 - sample:   images/s for 64 samples, Heun 18 steps (Karras grid), ELS with --n-data training images.
+- wiener:   locality-mask sizes per σ and denoising r² of the masked empirical and linear Wiener denoisers.
 - fidelity: calibrate ELS's patch size per σ against the U-Net (median per-image r²), then the median r²
             per σ on other held-out images, and for whole Heun-18 trajectories from the same noise; a grid of
             sample pairs (top: ELS, bottom: U-Net, same seeds).
@@ -63,8 +64,8 @@ def part_speed(train, test, args):
              ("PSPC", PSPC, ref.pspc_loop, dict(equivariant=True, border="circular"))]
     for name, cls, loop, kw in tqdm(cases, desc="speed"):
         model = cls(data, args.speed_patch, **kw)
-        fast, t_fast = timed(lambda: model(x, 0.5), repeat=3)
-        slow, t_slow = timed(lambda: loop(data, x, 0.5, args.speed_patch, **kw))
+        fast, t_fast = timed(lambda: model(x, 0.5), repeat=5)
+        slow, t_slow = timed(lambda: loop(data, x, 0.5, args.speed_patch, **kw), repeat=3)
         rows.append(dict(model=name, patch=args.speed_patch, n_data=data.shape[0], images=x.shape[0],
                          vectorised_s=round(t_fast, 3), loop_s=round(t_slow, 2), speedup=round(t_slow / t_fast, 1),
                          max_abs_diff=float((fast - slow).abs().max())))
@@ -86,19 +87,44 @@ def heun_with_log(denoiser, n, seed, sigmas, shape=(1, 28, 28)):
 def part_sample(train, args):
     model = ELS(train, args.sample_patch, n_data=args.n_data, border=args.border)
     sigmas = sl.schedules.karras(18)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     images, nfe = heun_with_log(model, args.sample_n, 0, sigmas)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     path = RESULTS / "local_els_samples.png"
     save_grid(images, path, nrow=8, scale=2)
     row = dict(model=repr(model), n=args.sample_n, steps=18, nfe=nfe, seconds=round(seconds, 1),
-               images_per_s=round(args.sample_n / seconds, 4), grid=str(path.relative_to(RESULTS.parent.parent)))
+               cpu_seconds=round(cpu_seconds, 1), images_per_s=round(args.sample_n / seconds, 4),
+               images_per_cpu_s=round(args.sample_n / cpu_seconds, 4), grid=str(path.relative_to(RESULTS.parent.parent)))
     print("\n### Sampling throughput (Heun, 18 steps, Karras grid)\n")
-    print("| model | train images | samples | NFE | seconds | images/s |")
-    print("|---|---|---|---|---|---|")
+    print("| model | train images | samples | NFE | wall s | CPU s | images/s (wall) | images/s (CPU) |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| ELS P={args.sample_patch} {args.border} | {model.data_.shape[0]} | {args.sample_n} | {nfe} | "
-          f"{row['seconds']} | {row['images_per_s']} |")
+          f"{row['seconds']} | {row['cpu_seconds']} | {row['images_per_s']} | {row['images_per_cpu_s']} |")
     return row
+
+
+def part_wiener(train, test, args):
+    """Locality masks of the Wiener filter (size per σ) and denoising r² against the clean images."""
+    w = sl.Wiener(train[:args.wiener_data], energy=args.energy)
+    held = test[:16]
+    gen = torch.Generator().manual_seed(2)
+    rows = []
+    for s in tqdm([0.1, 0.5, 2.0, 10.0], desc="wiener"):
+        masks = w.masks(s)
+        x = held + s * torch.randn(held.shape, generator=gen)
+        (masked, cpu) = timed(lambda: w(x, s))
+        rows.append(dict(sigma=s, median_mask_pixels=float(masks.sum(1).float().median()),
+                         r2_masked=float(torch.quantile(per_image_r2(masked, held), 0.5)),
+                         r2_linear=float(torch.quantile(per_image_r2(w.linear(x, s), held), 0.5)),
+                         cpu_s_16_images=round(cpu, 2)))
+    print(f"\n### Wiener locality masks ({args.wiener_data} images, energy {args.energy}); median per-image r² "
+          "of the denoised vs the clean test image\n")
+    print("| σ | median mask size (of 784) | r² masked empirical | r² linear Wiener | CPU s (16 images) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['sigma']} | {r['median_mask_pixels']:.0f} | {r['r2_masked']:.3f} | {r['r2_linear']:.3f} | "
+              f"{r['cpu_s_16_images']} |")
+    return rows
 
 
 def part_fidelity(train, test, args):
@@ -143,7 +169,7 @@ def part_fidelity(train, test, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="speed,sample,fidelity")
+    ap.add_argument("--parts", default="speed,sample,wiener,fidelity")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-data", type=int, default=256, help="training images for sampling and fidelity")
     ap.add_argument("--border", default="zero", choices=["circular", "zero"])
@@ -152,6 +178,8 @@ def main():
     ap.add_argument("--speed-patch", type=int, default=5)
     ap.add_argument("--sample-n", type=int, default=64)
     ap.add_argument("--sample-patch", type=int, default=5)
+    ap.add_argument("--wiener-data", type=int, default=1000)
+    ap.add_argument("--energy", type=float, default=0.9)
     ap.add_argument("--cal-images", type=int, default=8)
     ap.add_argument("--eval-images", type=int, default=16)
     ap.add_argument("--traj-n", type=int, default=16)
@@ -174,6 +202,9 @@ def main():
         write_json(out_path, results)
     if "sample" in parts:
         results["sample"] = part_sample(train, args)
+    if "wiener" in parts:
+        results["wiener"] = part_wiener(train, test, args)
+        write_json(out_path, results)
     if "fidelity" in parts:
         fid = part_fidelity(train, test, args)
         if fid is not None:

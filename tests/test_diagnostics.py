@@ -165,7 +165,9 @@ def test_cli_diagnose_explained_and_suggest_skip(tmp_path, capsys):
     assert [r["ev_score"] for r in rows] == pytest.approx([r["ev_score"] for r in direct], rel=1e-6)
     assert (tmp_path / "ev.png").stat().st_size > 1000
     capsys.readouterr()
-    assert main(["diagnose", "suggest-skip", *common, "--gaussian", str(tmp_path / "g.safetensors"), "--steps", "8"]) == 0
+    assert main(["diagnose", "suggest-skip", *common, "--gaussian", str(tmp_path / "g.safetensors"), "--steps", "8",
+                 "--plot", str(tmp_path / "skip.png")]) == 0
+    assert (tmp_path / "skip.png").stat().st_size > 1000
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     res = suggest_skip(sl.Empirical(x[:500]), sl.Gaussian.fit(x[:500]), held, sl.schedules.karras(8), progress=False)
     assert out["skip_index"] == res.skip_index and out["steps"] == 8

@@ -18,6 +18,11 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)  # every test sees the same draws
+
+
 @pytest.fixture(scope="module")
 def data():
     g = torch.Generator().manual_seed(0)

@@ -73,13 +73,13 @@ def test_loss_decreases_to_the_closed_form_optimum():
     l_net, l_init = _edm_loss(model, x0, sigma, noise, sd), _edm_loss(init, x0, sigma, noise, sd)
     assert l_opt < l_net < l_init
     assert l_net - l_opt < 0.15 * (l_init - l_opt), (l_opt, l_net, l_init)
-    for s in [0.1, 0.5, 1.0, 3.0]:
+    for s in [0.1, 0.5, 1.0, 3.0]:                         # and pointwise: close to the closed form at each σ
         x = x0[:4096] + s * noise[:4096]
         d_ref = ref(x, s)
         with torch.no_grad():
             err = ((model(x, s).double() - d_ref) ** 2).sum(1).mean()
-        scale = ((d_ref - d_ref.mean(0)) ** 2).sum(1).mean()
-        assert err < 0.05 * scale, (s, float(err), float(scale))
+            err0 = ((init(x, s).double() - d_ref) ** 2).sum(1).mean()
+        assert err < 0.25 * err0 and err < 0.02 * ((x0 - x0.mean(0)) ** 2).sum(1).mean(), (s, float(err), float(err0))
 
 
 def test_resume_is_exact(tmp_path):
@@ -133,14 +133,14 @@ def test_sigkill_mid_run_then_resume(tmp_path):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen, reads, deadline = 0, 0, time.monotonic() + 120
     try:
-        while seen < 40 and time.monotonic() < deadline and proc.poll() is None:
+        while seen < 15 and time.monotonic() < deadline and proc.poll() is None:
             if (out / CHECKPOINT).exists():
                 _, _, meta = load_state(out / CHECKPOINT)        # never half-written: always readable
                 seen, reads = meta["step"], reads + 1
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert seen >= 40, proc.stderr.read().decode()[-2000:]
+    assert seen >= 15, proc.stderr.read().decode()[-2000:]
     _, _, meta = load_state(out / CHECKPOINT)
     step = meta["step"]
     assert step >= seen and step % 5 == 0 and reads > 1

@@ -150,6 +150,15 @@ def _run_suggest_skip(args) -> int:
            "skip_fraction": res.skip_index / n_steps, "threshold": args.threshold, "space": args.space}
     if args.json:
         write_json(args.json, {**out, "rows": list(res.table)})
+    if args.plot:
+        from ..report import save_line_plot
+
+        col = "ev_score" if args.space == "score" else "ev_denoiser"
+        sig = res.table.column("sigma")
+        save_line_plot(sig, {"Gaussian": res.table.column(col), f"threshold {args.threshold}": [args.threshold] * len(sig)},
+                       args.plot, xlabel="σ", ylabel=col, logx=True,
+                       title=f"σ_skip = {out['sigma_skip']} (skips {res.skip_index} of {n_steps} steps)")
+        out["plot"] = args.plot
     print(res.table.to_markdown(["sigma", "ev_score", "ev_denoiser", "r2_median"]))
     print(json.dumps(out))
     return 0
@@ -164,4 +173,5 @@ def register_suggest_skip(sub) -> None:
     p.add_argument("--gaussian", default=None, metavar="PATH", help="fitted Gaussian file (default: fit on --data train)")
     p.add_argument("--threshold", type=float, default=0.99, help="EV needed (default: 0.99)")
     p.add_argument("--space", default="score", choices=["score", "denoiser"], help="EV_s (default) or EV_D")
+    p.add_argument("--plot", metavar="PNG", default=None, help="plot the Gaussian's EV vs σ and the threshold")
     p.set_defaults(func=_run_suggest_skip, sigmas=None)

@@ -3,7 +3,7 @@ from importlib import import_module
 
 _LAZY = {
     "fid": "scorelab.metrics.frechet", "frechet_distance": "scorelab.metrics.frechet",
-    "kid": "scorelab.metrics.kid", "fd_inf": "scorelab.metrics.frechet",
+    "kid": "scorelab.metrics.kid", "fd_inf": "scorelab.metrics.frechet", "fid_difference": "scorelab.metrics.frechet",
     "precision_recall": "scorelab.metrics.precision_recall",
     "sliced_wasserstein": "scorelab.metrics.lowdim", "energy_distance": "scorelab.metrics.lowdim",
     "gaussian_frechet": "scorelab.metrics.lowdim", "gaussian_kl": "scorelab.metrics.lowdim",

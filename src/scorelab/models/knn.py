@@ -174,11 +174,16 @@ class KNN:
         the weight and are dropped). The weighted sum is one `embedding_bag` (no [B, k, d] gather)."""
         eps = torch.finfo(torch.float32).eps
         x64 = q.to(torch.float64)
-        delta = math.sqrt(q.shape[1]) * eps * (x64.pow(2).sum(1) + self.ymax_ ** 2)
+        T = 25 + math.log(self.n_samples_)
+        if self.index in ("ivf", "hnsw"):  # faiss measures Σ(x − y)² directly: error ~ √d·ε·d² (relative)
+            d_min = d2.min(1).values.clamp(max=1e300)
+            delta = math.sqrt(q.shape[1]) * eps * (d_min + 2 * T / inv_var)
+        else:  # ‖x‖² − 2x·y + ‖y‖² (flat index, torch top-k): error ~ √d·ε·(‖x‖² + ‖y‖²)
+            delta = math.sqrt(q.shape[1]) * eps * (x64.pow(2).sum(1) + self.ymax_ ** 2)
         logits = (-0.5 * d2 * inv_var[:, None]).masked_fill(nbrs < 0, -math.inf)
         refine = (delta * inv_var) > self.refine_tol
         if bool(refine.any()):
-            margin = 25 + math.log(self.n_samples_) + 2 * delta * inv_var
+            margin = T + 2 * delta * inv_var
             top = logits.max(1).values
             cand = refine[:, None] & (logits >= (top - margin)[:, None]) & (nbrs >= 0)
             logits[refine[:, None] & ~cand] = -math.inf

@@ -25,7 +25,7 @@ from .._io import load_state, save_state
 
 __all__ = ["ELS", "PSPC", "Wiener", "PatchSchedule", "patch_index", "position_classes", "stream_posterior_mean"]
 
-DEFAULT_CHUNK = 2 ** 20  # elements of one block of logits (8 MB in float64): small blocks stay in cache
+DEFAULT_CHUNK = 2 ** 18  # elements of one block of logits (2 MB in float64): its passes stay in cache
 DEFAULT_BANK = 2 ** 25   # largest de-duplicated patch bank kept in memory (elements; 256 MB in float64)
 
 

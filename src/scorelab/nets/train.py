@@ -202,7 +202,8 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     ema = build(model_cfg).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
     meta = {"train": _train_dict(cfg), "data": _fingerprint(data, labels), "data_name": data_name, "step": 0,
             "wall_seconds": 0.0, "history": []}
 
@@ -252,9 +253,13 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
             y[torch.rand(b, generator=g) < cfg.label_dropout] = n_classes   # "no label"
             y = y.to(device)
         sigma_x = sigma.to(device=device, dtype=x0.dtype)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed * 1_000_003 + step)                 # dropout, if any
-            denoised = model(x0 + sigma_x.view(-1, *[1] * (x0.ndim - 1)) * noise.to(device), sigma_x, y)
+        x_noisy = x0 + sigma_x.view(-1, *[1] * (x0.ndim - 1)) * noise.to(device)
+        if has_dropout:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed * 1_000_003 + step)             # dropout masks: a function of the step
+                denoised = model(x_noisy, sigma_x, y)
+        else:
+            denoised = model(x_noisy, sigma_x, y)
         weight = edm_loss_weight(sigma, model.sigma_data).to(device=device, dtype=x0.dtype)
         loss = (weight * ((denoised - x0) ** 2).flatten(1).mean(1)).mean()
         opt.zero_grad(set_to_none=True)
@@ -264,8 +269,7 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
         with torch.no_grad():                                              # EMA, half-life in images
             halflife = min(cfg.ema_halflife_kimg * 1000, (step + 1) * b * cfg.ema_rampup)
             beta = 0.5 ** (b / max(halflife, 1e-8))
-            for pe, p in zip(ema_params, params):
-                pe.lerp_(p.detach(), 1 - beta)
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - beta)
         window.append(loss.item())
         if len(window) == cfg.log_every or step + 1 == cfg.steps:
             now = time.perf_counter()
