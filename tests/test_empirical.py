@@ -114,6 +114,10 @@ def test_class_conditioning(data):
     out = model(x, 0.8, class_labels=q)
     for i in range(6):
         torch.testing.assert_close(out[i], brute(data[labels == q[i]], x[i:i + 1], 0.8)[0], rtol=0, atol=1e-10)
+    # one training point per class: the class-conditional mean is that point at every σ (no leak from others)
+    one = sl.Empirical(data[:3].double(), labels=torch.arange(3))
+    far = 1e3 * torch.randn(3, 2, 3, 4, dtype=torch.float64)
+    assert torch.equal(one(far, 0.01, class_labels=torch.tensor([2, 0, 1])), data[[2, 0, 1]].double())
 
 
 def test_memory_mapped_data_and_save_reference(tmp_path, data):

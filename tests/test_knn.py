@@ -1,4 +1,6 @@
 """KNN: k = N reproduces Empirical for every index, error shrinks with n_random (unbiased tail), IO, bad input."""
+import math
+
 import pytest
 import torch
 
@@ -87,3 +89,16 @@ def test_bad_input(data):
         sl.KNN(data, k=4)(torch.randn(2, 3), 1.0)
     with pytest.raises(ValueError, match="NaN"):
         sl.KNN(torch.full((4, 3), float("nan")), k=2)
+
+
+def test_tail_draws_inside_the_neighbour_set_get_zero_weight(data):
+    """k = N − 1: tail draws of neighbours get weight 0, repeated draws of the one other point count each time."""
+    knn = sl.KNN(data, k=255, n_random=6, index="torch")
+    x = (data[:1] + 0.1).flatten(1)
+    _, nbrs = knn.search(x)
+    (missing,) = set(range(256)) - set(nbrs[0].tolist())
+    tail = torch.tensor([nbrs[0, 3], missing, nbrs[0, 7], missing, nbrs[0, 7], nbrs[0, 0]])
+    m, z, s = knn._tail_sums(x, torch.ones(1, dtype=torch.float64), nbrs, tail)
+    logit = -0.5 * (x - data.flatten(1)[missing]).pow(2).sum() + math.log(256 / 6)
+    torch.testing.assert_close(m + torch.log(z), (logit + math.log(2)).reshape(1), rtol=0, atol=1e-10)
+    torch.testing.assert_close(s / z[:, None], data.flatten(1)[missing][None], rtol=0, atol=1e-12)

@@ -150,7 +150,7 @@ def test_patch_schedule_forms():
     with pytest.raises(ValueError, match="patch_size must be odd"):
         PatchSchedule(lambda s: 2)(1.0)
     with pytest.raises(TypeError, match="patch_size"):
-        PatchSchedule("abc" if False else [("x", 3)])
+        PatchSchedule([("x", 3)])
     with pytest.raises(ValueError, match="patch_size"):
         PatchSchedule.parse("three")
 

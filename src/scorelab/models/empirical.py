@@ -213,13 +213,16 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
     all_plain, all_refined = rows_r.numel() == 0, rows_p.numel() == 0
     margin = 25 + math.log(max(rows.n, 1)) + 2 * delta * inv_var
     offset = 0.5 * x64.pow(2).sum(1) * inv_var  # ‖x‖²/2σ²: (x·y − ‖y‖²/2)/σ² − ‖x‖²/2σ² = −‖x − y‖²/2σ²
+    floor = math.log(torch.finfo(dtype).tiny) + 1  # smallest exponent whose exp is a normal number
     x_scaled = x.to(dtype) * inv_var.to(dtype)[:, None]
     iv = inv_var.to(dtype)
     for start, y in rows.chunks(chunk_size, dtype=dtype, device=dev):
         logits = x_scaled @ y.T  # x·y/σ²  [B, n]
         logits.addr_(iv, torch.einsum("nd,nd->n", y, y), alpha=-0.5)  # − ‖y‖²/2σ² (rank-1, in place)
-        if query_labels is not None:
-            logits.masked_fill_(labels[start:start + y.shape[0]][None, :] != query_labels[:, None], -math.inf)
+        other = None
+        if query_labels is not None:  # other classes: −∞ logits and (after the clamp below) exactly zero weight
+            other = labels[start:start + y.shape[0]][None, :] != query_labels[:, None]
+            logits.masked_fill_(other, -math.inf)
         m_new = torch.maximum(m, logits.max(1).values.to(torch.float64))
         if not all_plain:  # exact logits for the candidates of refined rows, in float64
             lr = logits if all_refined else logits[rows_r]
@@ -235,14 +238,17 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
             m_new[rows_r] = m[rows_r]
             m_new.scatter_reduce_(0, b, exact, reduce="amax")
         shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-        if all_plain:
-            w = logits.sub_(shift.to(dtype)[:, None]).exp_()
+        if all_plain:  # weights below e^{log(tiny)+1} ≈ 1e-37 (float32) relative to the maximum are raised to it
+            # (a change of < N·1e-37 of the total weight) so that exp never produces slow subnormals
+            w = logits.sub_(shift.to(dtype)[:, None]).clamp_(min=floor).exp_()
         else:
             w = torch.zeros_like(logits) if all_refined else logits
             if not all_refined:
-                w[rows_p] = (logits[rows_p] - shift[rows_p].to(dtype)[:, None]).exp_()
+                w[rows_p] = (logits[rows_p] - shift[rows_p].to(dtype)[:, None]).clamp_(min=floor).exp_()
                 w[rows_r] = 0
             w[b, j] = torch.exp(exact - shift[b]).to(dtype)
+        if other is not None:
+            w.masked_fill_(other, 0)
         scale = torch.exp(m - shift)
         z = z * scale + w.sum(1).to(torch.float64)
         s = s * scale[:, None] + (w @ y).to(torch.float64)

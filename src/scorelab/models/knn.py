@@ -199,23 +199,29 @@ class KNN:
                                               per_sample_weights=w.to(self.dtype))
         return m, w.sum(1), s.to(torch.float64)
 
-    def _tail_sums(self, q, inv_var, nbrs, tail, block: int = 256):
+    def _tail_sums(self, q, inv_var, nbrs, tail):
         """Softmax statistics over the uniform tail draws, each weighted N/n_random, draws inside a query's
-        neighbour set left out: one GEMM for ‖x − y‖² = ‖x‖² − 2x·y + ‖y‖² and one for Σ w y."""
+        neighbour set left out. As in `Empirical`: one GEMM for x·y/σ² with an in-place rank-1 −‖y‖²/2σ², the
+        ‖x‖²/2σ² and log(N/n) terms carried in the (float64) maximum, and one GEMM for Σ w y."""
+        tail = tail.sort().values  # the order of the draws is irrelevant; sorted, membership is a binary search
         y_r = self.data_flat_[tail]  # [n, d]
-        y2 = self.norms_[tail].to(torch.float64)
-        x2 = q.to(torch.float64).pow(2).sum(1)
-        d2 = (x2[:, None] - 2 * (q @ y_r.T).to(torch.float64) + y2[None, :]).clamp(min=0)
-        logits = -0.5 * d2 * inv_var[:, None] + math.log(self.n_samples_ / self.n_random)
-        for i in range(0, q.shape[0], block):  # tail draws already counted among the neighbours
-            nb = nbrs[i:i + block]
-            member = torch.zeros(nb.shape[0], self.n_samples_, dtype=torch.bool, device=q.device)
-            member.scatter_(1, nb.clamp(min=0), nb >= 0)
-            logits[i:i + block].masked_fill_(member[:, tail], -math.inf)
+        iv = inv_var.to(self.dtype)
+        logits = (q * iv[:, None]) @ y_r.T
+        logits.addr_(iv, torch.einsum("nd,nd->n", y_r, y_r), alpha=-0.5)  # (x·y − ‖y‖²/2)/σ²
+        valid = nbrs >= 0  # tail draws already counted among the neighbours: weight 0
+        lo = torch.searchsorted(tail, nbrs.clamp(min=0))
+        hi = torch.searchsorted(tail, nbrs.clamp(min=0), right=True)
+        rows = torch.arange(q.shape[0], device=q.device)[:, None].expand_as(nbrs)
+        for r in range(int((hi - lo).max()) if hi.numel() else 0):  # repeated draws: one pass per multiplicity
+            hit = valid & (lo + r < hi)
+            logits[rows[hit], (lo + r)[hit]] = -math.inf
+        excluded = logits == -math.inf
         m = logits.max(1).values
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        w = torch.exp(logits - m[:, None])
-        return m, w.sum(1), (w.to(self.dtype) @ y_r).to(torch.float64)
+        floor = math.log(torch.finfo(self.dtype).tiny) + 1  # no subnormal exps (see Empirical)
+        w = logits.sub_(m[:, None]).clamp_(min=floor).exp_().masked_fill_(excluded, 0)
+        offset = 0.5 * q.to(torch.float64).pow(2).sum(1) * inv_var - math.log(self.n_samples_ / self.n_random)
+        return m.to(torch.float64) - offset, w.sum(1).to(torch.float64), (w @ y_r).to(torch.float64)
 
     # -- protocol ----------------------------------------------------------------------------------------------
     def _kwargs(self) -> dict:
