@@ -229,7 +229,7 @@ def part_samples(args):
     import scorelab as sl
     from scorelab import samplers, schedules
     from scorelab.images import save_grid
-    from scorelab.metrics.memorization import memorization, save_nearest_grid
+    from scorelab.metrics.nearest import memorization, save_nearest_grid
 
     y = fmnist()
     n = args.n_samples

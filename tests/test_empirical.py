@@ -1,5 +1,4 @@
 """Empirical: exact float64 brute-force posterior mean, chunk-size independence, limits, flips, labels, mmap, IO."""
-import math
 
 import numpy as np
 import pytest

@@ -32,3 +32,12 @@ def test_bad_files(tmp_path):
     save_state(tmp_path / "g.safetensors", {"a": torch.zeros(1)}, kind="gaussian")
     with pytest.raises(ValueError, match="expected a 'gmm'"):
         load_state(tmp_path / "g.safetensors", kind="gmm")
+
+
+def test_written_files_have_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_state(tmp_path / "m.safetensors", {"a": torch.zeros(2)}, kind="gaussian")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "m.safetensors").st_mode & 0o777) == 0o644

@@ -237,7 +237,7 @@ def build_report(model, data: str, out, *, n_fit: int | None = 10000, n_eval: in
         log.append(f"teleportation: no σ of the grid has Gaussian EV_s ≥ {threshold}")
 
     # 3. samples, FID / KID / NFE / memorisation per configuration
-    from .metrics.memorization import memorization
+    from .metrics.nearest import memorization
 
     ref_feats = _features(test[:fid_samples], features, progress)
     ref_stats = feature_stats(ref_feats)

@@ -62,7 +62,7 @@ def _run_nearest(args) -> int:
     from .. import data as data_mod
     from .._checks import check_positive_int
     from .._io import write_json
-    from ..metrics.memorization import memorization, save_nearest_grid
+    from ..metrics.nearest import memorization, save_nearest_grid
 
     k = check_positive_int(args.k, name="--k")
     n = check_positive_int(args.n, name="--n")

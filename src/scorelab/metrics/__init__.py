@@ -7,7 +7,7 @@ _LAZY = {
     "precision_recall": "scorelab.metrics.precision_recall",
     "sliced_wasserstein": "scorelab.metrics.lowdim", "energy_distance": "scorelab.metrics.lowdim",
     "gaussian_frechet": "scorelab.metrics.lowdim", "gaussian_kl": "scorelab.metrics.lowdim",
-    "memorization": "scorelab.metrics.memorization", "nearest_neighbours": "scorelab.metrics.memorization",
+    "memorization": "scorelab.metrics.nearest", "nearest_neighbours": "scorelab.metrics.nearest",
     "inception_features": "scorelab.metrics.inception", "InceptionFeatures": "scorelab.metrics.inception",
 }
 

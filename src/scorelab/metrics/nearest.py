@@ -8,8 +8,6 @@ the data in chunks (one GEMM per chunk), the k best candidates re-measured in fl
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import torch
 
@@ -103,13 +101,3 @@ def save_nearest_grid(samples: torch.Tensor, data, path, *, k: int = 3, chunk_si
     save_grid(rows, path, nrow=k + 1, scale=scale)
     return {"distances": dist.tolist(), "indices": idx.tolist()}
 
-
-class _CallableModule(types.ModuleType):
-    """Importing this module sets `scorelab.metrics.memorization` to the module (it shares the function's name);
-    making the module callable keeps `sl.metrics.memorization(samples, data)` working in every import order."""
-
-    def __call__(self, *args, **kwargs):
-        return memorization(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
