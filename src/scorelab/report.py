@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import math
-import os
 import time
 from pathlib import Path
 
@@ -280,6 +279,5 @@ def build_report(model, data: str, out, *, n_fit: int | None = 10000, n_eval: in
     parts.append("<h2>Log</h2><pre>" + html.escape("\n".join(log)) + f"\ntotal {time.perf_counter() - t_start:.1f} s"
                  "</pre></body></html>")
     write_text(out, "\n".join(parts))
-    os.chmod(out, 0o644)  # a page to share (atomic_path creates 0600 files)
     return {"out": str(out), "explained_variance": list(ev), "metrics": rows, "log": log,
             "sigma_skip": None if skip is None else skip.sigma_skip}

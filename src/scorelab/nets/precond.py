@@ -9,7 +9,6 @@ keeps F's input and training target at unit variance for every σ. The loss weig
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -74,9 +73,3 @@ class EDMPrecond(nn.Module):
         dt = x.dtype
         f = self.net((c_in.to(dt) * x), c_noise.to(dt), class_labels)
         return c_skip.to(dt) * x + c_out.to(dt) * f.to(dt)
-
-    def denoiser(self):
-        """A frozen eval-mode copy for sampling: no autograd graph is built through the weights."""
-        model = copy.deepcopy(self).eval()
-        model.requires_grad_(False)
-        return model
