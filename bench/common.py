@@ -1,0 +1,136 @@
+"""Shared pieces of the bench scripts: machine description, result files, the reference U-Net, Fashion-MNIST,
+and k-diffusion's `sampling.py` loaded without the rest of its package (which needs torchvision, skimage, ...)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+UNET_DIR = ROOT / "models" / "fashion-mnist-unet"
+UNET_SNAPSHOT = Path("/work/runs/fashion-mnist-unet")
+
+
+def machine() -> dict:
+    """Where a number was measured: cores, threads, torch version, date (UTC)."""
+    return dict(cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), platform=platform.platform(),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def write_result(name: str, payload: dict, command: str) -> Path:
+    """bench/results/<name>.json with the payload, the reproducing command and the machine (atomic write)."""
+    from scorelab._io import write_json
+
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, dict(command=command, machine=machine(), **payload))
+    return path
+
+
+def command_line() -> str:
+    """The command that ran this script, relative to the repository root."""
+    script = os.path.relpath(sys.argv[0], ROOT)
+    return " ".join([".venv/bin/python", script] + sys.argv[1:])
+
+
+def unet_path(explicit: str | None = None) -> tuple[Path, str]:
+    """(directory, label) of the reference U-Net: `explicit`, else models/fashion-mnist-unet, else a copy in /tmp of
+    the training run's latest snapshot (copied first: the training job replaces its file while we would read it)."""
+    if explicit:
+        return Path(explicit), str(explicit)
+    if (UNET_DIR / "model.safetensors").exists():
+        return UNET_DIR, "models/fashion-mnist-unet"
+    if (UNET_SNAPSHOT / "model.safetensors").exists():
+        dst = Path("/tmp/scorelab-bench-unet")
+        dst.mkdir(exist_ok=True)
+        for name in ("model.safetensors", "config.json"):
+            shutil.copyfile(UNET_SNAPSHOT / name, dst / f".{name}.part")
+            os.replace(dst / f".{name}.part", dst / name)
+        stamp = time.strftime("%H:%M UTC", time.gmtime((UNET_SNAPSHOT / "model.safetensors").stat().st_mtime))
+        return dst, f"training snapshot of {stamp} ({UNET_SNAPSHOT})"
+    raise FileNotFoundError("no reference U-Net: neither models/fashion-mnist-unet nor /work/runs/fashion-mnist-unet")
+
+
+def load_unet(explicit: str | None = None, dtype=torch.float32):
+    import scorelab as sl
+
+    path, label = unet_path(explicit)
+    return sl.load_model(path, dtype=dtype), label
+
+
+def fashion_mnist(split: str, n: int | None = None) -> torch.Tensor:
+    import scorelab as sl
+
+    x = sl.data.load("fashion-mnist", split=split)
+    return x if n is None else x[:n]
+
+
+def k_diffusion_sampling():
+    """k-diffusion's `sampling` module, or None. Its package __init__ imports torchvision, kornia, skimage, ...
+    that this machine lacks; `sampling.py` itself needs only torch, scipy, torchdiffeq, torchsde, tqdm and
+    `utils.append_dims`, so it is loaded from the installed file with a one-function stand-in for `utils`."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
+    pkg = types.ModuleType("_kd_bench")
+    pkg.__path__ = []
+    utils = types.ModuleType("_kd_bench.utils")
+
+    def append_dims(x, target_dims):
+        return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+    utils.append_dims = append_dims
+    pkg.utils = utils
+    sys.modules.setdefault("_kd_bench", pkg)
+    sys.modules.setdefault("_kd_bench.utils", utils)
+    mod_spec = importlib.util.spec_from_file_location("_kd_bench.sampling", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except ImportError as err:  # torchdiffeq / torchsde missing
+        print(f"k-diffusion sampling unavailable: {err}", file=sys.stderr)
+        return None
+    module.version = _dist_version("k-diffusion")
+    return module
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def best_time(fn, reps: int) -> tuple[float, object]:
+    """(min wall seconds over `reps` runs, last result)."""
+    best, out = float("inf"), None
+    for _ in range(max(1, reps)):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def md_table(rows: list[dict], columns: list[str], digits: int = 4) -> str:
+    """A markdown table of `rows` (dicts) restricted to `columns`."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""scorelab's ODE solvers against k-diffusion's samplers and diffusers' schedulers on the same denoiser and σ grid.
+
+    .venv/bin/python bench/peers.py [--quick] [--n 256] [--unet-n 16] [--unet DIR] [--no-unet] [--reps 3]
+
+Denoisers: the Gaussian fitted to Fashion-MNIST's train split (float64; `g.trajectory` gives the exact endpoint
+of every sample), and the project's U-Net (float32; models/fashion-mnist-unet, else the training run's snapshot).
+Grid: Karras (σ 0.002 … 80, ρ = 7) ending in 0, the same tensor for every library. Per solver and step count:
+max |x_scorelab − x_peer| over all pixels of all samples from the same x_T, RMSE of each library's endpoint against
+the exact one (Gaussian), and the wall-time ratio scorelab / peer (min over --reps runs, same process, 1 thread).
+
+Peers (bench-only extras): k-diffusion (`pip install k-diffusion --no-deps torchdiffeq torchsde trampoline`;
+only its sampling.py is loaded) and diffusers (EulerDiscreteScheduler, DPMSolverMultistepScheduler,
+UniPCMultistepScheduler with their σ and timestep arrays replaced by the shared grid; the σ-space denoiser is
+given to them as an x0 ("sample") prediction, or as ε = (x − D)/σ for Euler, which has no x0 mode in VE scale).
+Writes bench/results/peers.json and prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_time, command_line, fashion_mnist, k_diffusion_sampling, load_unet, md_table, write_result  # noqa: E402
+
+import scorelab as sl  # noqa: E402
+from scorelab.sample import _per_sample_noise, sample_seed  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------ peer runners
+def kd_runner(kd, name, **opts):
+    fn = getattr(kd, name)
+
+    def run(den, x, sigmas):
+        # k-diffusion computes in the grid's dtype (append_dims(σ) promotes x): give it the grid in x's dtype
+        return fn(lambda x_, s_: den(x_, s_), x, sigmas.to(x.dtype), disable=True, **opts)
+    return run
+
+
+def diffusers_runner(cls_name, space, **config):
+    """Run a diffusers scheduler on `sigmas` (VE σ, ending in 0). space "ve": the sample is x itself (Euler);
+    "vp": the sample is x / sqrt(1 + σ²) (DPM-Solver, UniPC: α = 1/sqrt(1 + σ²), σ_t = σ α)."""
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+
+    def run(den, x, sigmas):
+        sched = cls(**config)
+        steps = len(sigmas) - 1
+        sched.set_timesteps(steps)
+        sched.sigmas = sigmas.clone()
+        sched.timesteps = torch.arange(steps, dtype=torch.float32 if space == "ve" else torch.int64)
+        if hasattr(sched, "is_scale_input_called"):
+            sched.is_scale_input_called = True
+        s = [float(v) for v in sigmas]
+        sample = x if space == "ve" else x / math.sqrt(1 + s[0] ** 2)
+        for i, t in enumerate(sched.timesteps):
+            x_ve = sample if space == "ve" else sample * math.sqrt(1 + s[i] ** 2)
+            denoised = den(x_ve, s[i])
+            out = (x_ve - denoised) / s[i] if config.get("prediction_type") == "epsilon" else denoised
+            sample = sched.step(out, t, sample, return_dict=False)[0]
+        return sample if space == "ve" else sample * math.sqrt(1 + s[-1] ** 2)
+    return run
+
+
+def cases(kd, have_diffusers):
+    """(label, scorelab solver, scorelab opts, {peer label: runner}, NFE(steps))."""
+    two = lambda n: 2 * n - 1  # noqa: E731  (Heun: the last step to σ = 0 is an Euler step)
+    one = lambda n: n  # noqa: E731
+    out = []
+
+    def peers(**kw):
+        return {k: v for k, v in kw.items() if v is not None}
+
+    D = have_diffusers
+    out.append(("euler", "euler", {}, peers(
+        k_diffusion=kd and kd_runner(kd, "sample_euler"),
+        diffusers=D and diffusers_runner("EulerDiscreteScheduler", "ve", prediction_type="epsilon",
+                                         final_sigmas_type="zero")), one))
+    out.append(("heun", "heun", {}, peers(k_diffusion=kd and kd_runner(kd, "sample_heun")), two))
+    out.append(("dpmpp_2m", "dpmpp_2m", {}, peers(
+        k_diffusion=kd and kd_runner(kd, "sample_dpmpp_2m"),
+        diffusers=D and diffusers_runner("DPMSolverMultistepScheduler", "vp", prediction_type="sample",
+                                         algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                         lower_order_final=False, final_sigmas_type="zero")), one))
+    out.append(("dpmpp_3m (reference coefficients)", "dpmpp_3m", dict(reference_coefficients=True), peers(
+        k_diffusion=kd and kd_runner(kd, "sample_dpmpp_3m_sde", eta=0.0),
+        diffusers=D and diffusers_runner("DPMSolverMultistepScheduler", "vp", prediction_type="sample",
+                                         algorithm_type="dpmsolver++", solver_order=3,
+                                         lower_order_final=False, final_sigmas_type="zero")), one))
+    for order, variant in ((2, "bh2"), (3, "bh1")):
+        out.append((f"unipc (order {order}, {variant})", "unipc", dict(order=order, variant=variant), peers(
+            diffusers=D and diffusers_runner("UniPCMultistepScheduler", "vp", prediction_type="sample",
+                                             solver_order=order, solver_type=variant, predict_x0=True,
+                                             lower_order_final=True, final_sigmas_type="zero")), one))
+    return out
+
+
+def x_T_of(n, shape, dtype, seed=0, sigma_max=80.0):
+    gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(n)]
+    return _per_sample_noise(gens, shape, "cpu", dtype) * sigma_max
+
+
+def rmse(a, b):
+    return float((a.double() - b.double()).square().mean().sqrt())
+
+
+def compare(den, x_T, steps_list, case_list, reps, exact_of=None, desc=""):
+    from tqdm import tqdm
+
+    rows = []
+    for steps in steps_list:
+        sigmas = sl.schedules.karras(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0).to(torch.float64)
+        exact = exact_of(sigmas) if exact_of else None
+        for label, solver, opts, peers, nfe in tqdm(case_list, desc=f"{desc} steps={steps}", leave=False):
+            fn = sl.samplers.get(solver)
+            t_sl, x_sl = best_time(lambda: fn(den, x_T.clone(), sigmas, **opts), reps)
+            base = dict(solver=label, steps=steps, nfe=nfe(steps), seconds_scorelab=t_sl,
+                        rmse_scorelab=rmse(x_sl, exact) if exact is not None else None)
+            for peer, run in peers.items():
+                try:
+                    t_p, x_p = best_time(lambda: run(den, x_T.clone(), sigmas), reps)
+                except Exception as err:  # a peer failing is a result, not a crash
+                    rows.append(dict(base, peer=peer, error=f"{type(err).__name__}: {err}"[:200]))
+                    continue
+                rows.append(dict(base, peer=peer, max_abs_diff=float((x_sl.double() - x_p.double()).abs().max()),
+                                 nan_in_peer=bool(torch.isnan(x_p).any()),
+                                 rmse_peer=rmse(x_p, exact) if exact is not None else None,
+                                 seconds_peer=t_p, time_ratio=t_sl / t_p))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="step counts 10, 20 only; fewer U-Net samples")
+    ap.add_argument("--n", type=int, default=256, help="samples for the Gaussian comparison")
+    ap.add_argument("--unet-n", type=int, default=16, help="samples for the U-Net comparison")
+    ap.add_argument("--unet", default=None, help="U-Net directory (default: models/fashion-mnist-unet or snapshot)")
+    ap.add_argument("--no-unet", action="store_true")
+    ap.add_argument("--limit", type=int, default=None, help="fit the Gaussian on the first N train images")
+    ap.add_argument("--steps", type=int, nargs="+", default=None)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="peers", help="result name under bench/results (default: peers)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    kd = k_diffusion_sampling()
+    try:
+        import diffusers
+        diffusers_version = diffusers.__version__
+    except ImportError:
+        diffusers_version = None
+    case_list = cases(kd, diffusers_version is not None)
+    steps_list = args.steps or ([10, 20] if args.quick else [5, 10, 20, 40])
+
+    train = fashion_mnist("train", args.limit)
+    g = sl.Gaussian.fit(train, dtype=torch.float64)
+    x_T = x_T_of(args.n, tuple(train.shape[1:]), torch.float64)
+    gauss_rows = compare(g, x_T, steps_list, case_list, args.reps,
+                         exact_of=lambda s: g.trajectory(x_T, s)[-1], desc="gaussian")
+
+    unet_rows, unet_label = [], None
+    if not args.no_unet:
+        try:
+            net, unet_label = load_unet(args.unet)
+        except FileNotFoundError as err:
+            print(f"U-Net comparison skipped: {err}", file=sys.stderr)
+        else:
+            with torch.no_grad():
+                x_T32 = x_T_of(args.unet_n, tuple(net.shape_), torch.float32)
+                unet_rows = compare(net, x_T32, [10] if args.quick else [10, 20], case_list, args.reps, desc="unet")
+
+    cols = ["solver", "peer", "steps", "nfe", "max_abs_diff", "rmse_scorelab", "rmse_peer", "time_ratio"]
+    print(f"## Gaussian (float64, n={args.n}): scorelab vs peers, RMSE vs the exact endpoint\n")
+    print(md_table(gauss_rows, cols + ["error"]))
+    if unet_rows:
+        print(f"\n## U-Net ({unet_label}, float32, n={args.unet_n})\n")
+        print(md_table(unet_rows, ["solver", "peer", "steps", "nfe", "max_abs_diff", "time_ratio", "error"]))
+    write_result(args.out, dict(
+        name="peers", quick=args.quick, n=args.n, unet_n=args.unet_n, unet=unet_label, threads=args.threads,
+        reps=args.reps, grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)",
+        versions=dict(scorelab=sl.__version__, k_diffusion=kd.version if kd else None, diffusers=diffusers_version),
+        gaussian=gauss_rows, unet_rows=unet_rows), command_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Teleportation on the Fashion-MNIST U-Net: skip the first part of the trajectory with the Gaussian's exact jump
+(Wang & Vastola 2024, "The unreasonable effectiveness of Gaussian score approximations") and measure what it costs.
+
+    .venv/bin/python bench/teleport.py                      # full: 5,000 samples, Inception FID, bootstrap intervals
+    .venv/bin/python bench/teleport.py --quick              # 256 samples, no FID: proxy only (see below)
+    .venv/bin/python bench/teleport.py --features pixels    # Fréchet distance on raw pixels instead of Inception
+
+For each solver/step count (Heun 18, 35; DPM++2M 10, 20; UniPC 10, 20 on Karras grids, σ 0.002 … 80) and each
+skip ∈ {0, 0.1, …, 0.5, auto} (fraction of steps replaced by `sl.teleport`; `auto` = `diagnostics.suggest_skip`
+at score-space EV ≥ 0.99 on held-out test images), the same seeds (paired: sample i starts from the same x_T in
+every run) are sampled with `sl.sample(net, teleport=g, skip=...)`; the multistep solvers also run with
+`warm_history=True`. Reported per run: NFE, wall time, and
+  - FID vs the test split (features: Inception by default) and the paired bootstrap 95% interval of
+    FID(skip) − FID(no skip) (`sl.metrics.fid_difference`, DESIGN.md "Measuring FID differences honestly");
+  - always, the proxy RMS = sqrt(mean (x_skip − x_0)²) per pixel (images in [−1, 1]) between each skipped run and the
+    unskipped run from the same seeds. It is a distance between sample sets, NOT a quality measure: a skipped run
+    can differ from the unskipped one and be as good.
+Goal (issue 7): ≥ 30% of NFE skipped with FID within +2% of the unskipped run, for every solver.
+Writes bench/results/teleport.json (+ teleport.png, metric vs NFE) and prints markdown tables. One CPU thread.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, command_line, fashion_mnist, load_unet, md_table, write_result  # noqa: E402
+
+import scorelab as sl  # noqa: E402
+
+CONFIGS = "heun:18,heun:35,dpmpp_2m:10,dpmpp_2m:20,unipc:10,unipc:20"
+SKIPS = "0,0.1,0.2,0.3,0.4,0.5,auto"
+MULTISTEP = {"dpmpp_2m", "dpmpp_3m", "unipc"}
+
+
+def parse_configs(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        solver, _, steps = item.partition(":")
+        if not steps.isdigit():
+            raise ValueError(f"--configs items must be solver:steps (e.g. heun:18); got {item!r}")
+        out.append((solver.strip(), int(steps)))
+    return out
+
+
+def parse_skips(text: str) -> list:
+    return [s if s == "auto" else float(s) for s in text.split(",")]
+
+
+def features_of(images, kind: str):
+    """Features for the Fréchet distance: Inception (cached on disk by scorelab.metrics), raw pixels, or None."""
+    if kind == "none":
+        return None
+    if kind == "pixels":
+        return images.reshape(images.shape[0], -1).double()
+    return sl.metrics.inception_features(images.clamp(-1, 1), progress=True)
+
+
+def fd(feats, ref_stats):
+    from scorelab.metrics.frechet import feature_stats, frechet_distance
+
+    s = feature_stats(feats)
+    return frechet_distance(s.mu, s.sigma, ref_stats.mu, ref_stats.sigma)
+
+
+def verdicts(rows: list[dict], has_fid: bool, tolerance: float = 0.02, target: float = 0.30) -> list[dict]:
+    """Per solver/steps: the largest NFE saving whose FID is within +tolerance of the unskipped run (FID) — or,
+    without FID, only the NFE saving each skip gives (the goal then cannot be judged)."""
+    out = []
+    for key in sorted({(r["solver"], r["steps"]) for r in rows}):
+        group = [r for r in rows if (r["solver"], r["steps"]) == key]
+        base = next(r for r in group if r["skip"] == 0 and not r["warm_history"])
+        best = None
+        for r in group:
+            if has_fid and r.get("fid") is not None and r["fid"] <= base["fid"] * (1 + tolerance):
+                if best is None or r["nfe_saved"] > best["nfe_saved"]:
+                    best = r
+        entry = dict(solver=key[0], steps=key[1], nfe=base["nfe"])
+        if has_fid:
+            entry.update(best_skip=best["skip"], best_warm=best["warm_history"], nfe_saved=best["nfe_saved"],
+                         fid=best["fid"], fid_base=base["fid"],
+                         goal_met=bool(best["nfe_saved"] >= target))
+        else:
+            entry.update(goal_met=None, note="no FID measured: proxy only")
+        out.append(entry)
+    return out
+
+
+def plot(rows, metric, path: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in sorted({(r["solver"], r["steps"], r["warm_history"]) for r in rows}):
+        group = sorted((r for r in rows if (r["solver"], r["steps"], r["warm_history"]) == key
+                        and r.get(metric) is not None), key=lambda r: r["nfe"])
+        if not group:
+            continue
+        name = f"{key[0]} {key[1]}" + (" warm" if key[2] else "")
+        ax.plot([r["nfe"] for r in group], [r[metric] for r in group], "o-" if not key[2] else "s--", label=name,
+                ms=4)
+    ax.set_xlabel("NFE (network evaluations per sample)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    from scorelab._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="256 samples, features none (proxy only) unless given")
+    ap.add_argument("--n", type=int, default=None, help="samples per run (default 5000; --quick 256)")
+    ap.add_argument("--configs", default=CONFIGS, help="solver:steps list (default %(default)s)")
+    ap.add_argument("--skips", default=SKIPS, help="skip fractions and/or auto (default %(default)s)")
+    ap.add_argument("--no-warm", action="store_true", help="do not add warm_history runs for multistep solvers")
+    ap.add_argument("--features", choices=["inception", "pixels", "none"], default=None,
+                    help="Fréchet-distance features (default inception; --quick: none)")
+    ap.add_argument("--n-boot", type=int, default=100, help="bootstrap rounds of FID differences (0: none)")
+    ap.add_argument("--skip-data", type=int, default=512, help="held-out test images for skip='auto'")
+    ap.add_argument("--threshold", type=float, default=0.99, help="score-space EV threshold for skip='auto'")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unet", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="teleport")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.n or (256 if args.quick else 5000)
+    features = args.features or ("none" if args.quick else "inception")
+    configs, skips = parse_configs(args.configs), parse_skips(args.skips)
+
+    net, unet_label = load_unet(args.unet)
+    train, test = fashion_mnist("train"), fashion_mnist("test")
+    g = sl.Gaussian.fit(train)
+    skip_data = test[-args.skip_data:]
+    ref_feats = ref_stats = None
+    if features != "none":
+        from scorelab.metrics.frechet import feature_stats
+
+        ref_feats = features_of(test[:n], features)
+        ref_stats = feature_stats(ref_feats)
+
+    rows = []
+    t_all = time.perf_counter()
+    for solver, steps in configs:
+        sigmas = sl.schedules.karras(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0)
+        auto = sl.diagnostics.suggest_skip(net, g, skip_data, sigmas, threshold=args.threshold, progress=False)
+        runs = [(s, False) for s in skips]
+        if solver in MULTISTEP and not args.no_warm:
+            runs += [(s, True) for s in skips if s != 0]
+        base_images = base_feats = None
+        for skip, warm in runs:
+            kw = dict(sigma_skip=auto.sigma_skip) if skip == "auto" else dict(skip=skip)
+            if skip == "auto" and auto.sigma_skip is None:
+                kw = dict(skip=0.0)
+            with torch.no_grad():
+                res = sl.sample(net, n=n, sigmas=sigmas, solver=solver, seed=args.seed, teleport=g,
+                                warm_history=warm, batch_size=args.batch_size, progress=False, **kw)
+            row = dict(solver=solver, steps=steps, skip=skip, warm_history=warm, skip_index=res.skip_index,
+                       sigma_skip=res.sigma_skip, nfe=res.nfe, seconds=round(res.seconds, 3), n=n)
+            feats = features_of(res.images, features)
+            if base_images is None:
+                base_images, base_feats, base_nfe = res.images, feats, res.nfe
+            row["nfe_saved"] = 1 - res.nfe / base_nfe
+            row["proxy_rms"] = float((res.images.double() - base_images.double()).square().mean().sqrt())
+            if feats is not None:
+                row["fid"] = fd(feats, ref_stats)
+                if args.n_boot and (skip != 0 or warm):
+                    d = sl.metrics.fid_difference(feats, base_feats, ref_feats, n_boot=args.n_boot, progress=False)
+                    row.update(fid_diff=d.difference, fid_diff_low=d.low, fid_diff_high=d.high,
+                               fid_diff_significant=d.significant)
+            rows.append(row)
+            print(f"{solver} {steps} skip={skip} warm={warm}: NFE {res.nfe}, {res.seconds:.1f}s, "
+                  f"proxy RMS {row['proxy_rms']:.4f}" + (f", FD {row['fid']:.3f}" if "fid" in row else ""),
+                  file=sys.stderr, flush=True)
+
+    has_fid = features != "none"
+    metric_name = {"inception": "FID (Inception)", "pixels": "FD on raw pixels", "none": None}[features]
+    cols = ["solver", "steps", "skip", "warm_history", "sigma_skip", "nfe", "nfe_saved", "seconds", "proxy_rms"]
+    if has_fid:
+        cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]
+    print(f"## Teleportation on the U-Net ({unet_label}), n = {n}, features: {features}\n")
+    print(md_table(rows, cols))
+    verdict = verdicts(rows, has_fid)
+    print("\n" + md_table(verdict, list(verdict[0].keys())))
+    png = RESULTS / f"{args.out}.png"
+    plot(rows, "fid" if has_fid else "proxy_rms", png,
+         metric_name if has_fid else "proxy: RMS distance to the unskipped run (not FID)")
+    write_result(args.out, dict(
+        name="teleport", quick=args.quick, n=n, features=features, metric=metric_name, n_boot=args.n_boot,
+        unet=unet_label, threads=args.threads, seed=args.seed, threshold=args.threshold,
+        grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)", total_seconds=round(time.perf_counter() - t_all, 1),
+        plot=os.path.relpath(png, RESULTS.parent.parent), rows=rows, verdicts=verdict), command_line())
+
+
+if __name__ == "__main__":
+    main()
