@@ -6,21 +6,6 @@ import torch
 import scorelab as sl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: OpenMP threads only add synchronisation (badly so on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    torch.manual_seed(0)  # every test sees the same draws
-
-
-
 @pytest.fixture(scope="module")
 def data():
     return torch.randn(120, 1, 3, 3, generator=torch.Generator().manual_seed(0)).double()

@@ -34,7 +34,7 @@ def _tiny_unet(num_class_embeds=None):
                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
                                  num_class_embeds=num_class_embeds)
-    # the initialisation zeroes nothing important, but make the output depend strongly on (x, t)
+    # perturb the weights so that the output depends strongly on (x, t)
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -8,21 +8,6 @@ import scorelab as sl
 from scorelab.models.empirical import pack_data, unpack_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: OpenMP threads only add synchronisation (badly so on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    torch.manual_seed(0)  # every test sees the same draws
-
-
-
 def brute(data, x, sigma):
     """Float64 softmax(−‖x − y_i‖²/2σ²) · y over all points, no tricks."""
     y = data.double().reshape(data.shape[0], -1)

@@ -10,21 +10,6 @@ from scorelab.models.knn import have_faiss
 INDEXES = ["torch"] + (["flat", "ivf", "hnsw"] if have_faiss() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: OpenMP threads only add synchronisation (badly so on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    torch.manual_seed(0)  # every test sees the same draws
-
-
-
 @pytest.fixture(scope="module")
 def data():
     return torch.randn(256, 2, 4, 4, generator=torch.Generator().manual_seed(0)).double()

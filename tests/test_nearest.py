@@ -10,19 +10,6 @@ import scorelab as sl
 from scorelab.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    torch.manual_seed(0)  # every test sees the same draws
-
-
 @pytest.fixture(scope="module")
 def data():
     return torch.rand(200, 1, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
