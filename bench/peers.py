@@ -6,12 +6,16 @@ Denoisers: the Gaussian fitted to Fashion-MNIST's train split (float64; `g.traje
 of every sample), and the project's U-Net (float32; models/fashion-mnist-unet, else the training run's snapshot).
 Grid: Karras (σ 0.002 … 80, ρ = 7) ending in 0, the same tensor for every library. Per solver and step count:
 max |x_scorelab − x_peer| over all pixels of all samples from the same x_T, RMSE of each library's endpoint against
-the exact one (Gaussian), and the wall-time ratio scorelab / peer (min over --reps runs, same process, 1 thread).
+the exact one (Gaussian), and the wall-time ratio scorelab / peer (min over --reps interleaved runs, same
+process, 1 thread). The network or the Gaussian dominates those times, so the solvers' own overhead is timed
+separately with a free denoiser (the exact D = x/(1 + σ²) of N(0, I) data, 4 images, --overhead-reps runs).
 
 Peers (bench-only extras): k-diffusion (`pip install k-diffusion --no-deps torchdiffeq torchsde trampoline`;
 only its sampling.py is loaded) and diffusers (EulerDiscreteScheduler, DPMSolverMultistepScheduler,
-UniPCMultistepScheduler with their σ and timestep arrays replaced by the shared grid; the σ-space denoiser is
-given to them as an x0 ("sample") prediction, or as ε = (x − D)/σ for Euler, which has no x0 mode in VE scale).
+UniPCMultistepScheduler with their σ and timestep arrays replaced by the shared grid; DPM-Solver 3M with
+solver_type="heun", whose warm-up second-order step is k-diffusion's ("midpoint" differs there only); the
+σ-space denoiser is given to them as an x0 ("sample") prediction, or as ε = (x − D)/σ for Euler). diffusers' Euler and DPM-Solver
+steps cast the sample to float32 whatever its dtype, so they agree with float64 solvers only to ~1e-6.
 Writes bench/results/peers.json and prints markdown tables.
 """
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time, command_line, fashion_mnist, k_diffusion_sampling, load_unet, md_table, write_result  # noqa: E402
+from common import (best_time, command_line, fashion_mnist, k_diffusion_sampling, load_unet, md_table,  # noqa: E402
+                    write_result)
 
 import scorelab as sl  # noqa: E402
 from scorelab.sample import _per_sample_noise, sample_seed  # noqa: E402
@@ -89,7 +94,7 @@ def cases(kd, have_diffusers):
     out.append(("dpmpp_3m (reference coefficients)", "dpmpp_3m", dict(reference_coefficients=True), peers(
         k_diffusion=kd and kd_runner(kd, "sample_dpmpp_3m_sde", eta=0.0),
         diffusers=D and diffusers_runner("DPMSolverMultistepScheduler", "vp", prediction_type="sample",
-                                         algorithm_type="dpmsolver++", solver_order=3,
+                                         algorithm_type="dpmsolver++", solver_order=3, solver_type="heun",
                                          lower_order_final=False, final_sigmas_type="zero")), one))
     for order, variant in ((2, "bh2"), (3, "bh1")):
         out.append((f"unipc (order {order}, {variant})", "unipc", dict(order=order, variant=variant), peers(
@@ -108,6 +113,19 @@ def rmse(a, b):
     return float((a.double() - b.double()).square().mean().sqrt())
 
 
+def paired_times(run_a, run_b, reps):
+    """(min seconds of a, min seconds of b, last a, last b), the runs interleaved a, b, a, b, … so that load from
+    other jobs on the machine hits both alike."""
+    ta = tb = float("inf")
+    xa = xb = None
+    for _ in range(max(1, reps)):
+        t, xa = best_time(run_a, 1)
+        ta = min(ta, t)
+        t, xb = best_time(run_b, 1)
+        tb = min(tb, t)
+    return ta, tb, xa, xb
+
+
 def compare(den, x_T, steps_list, case_list, reps, exact_of=None, desc=""):
     from tqdm import tqdm
 
@@ -117,20 +135,31 @@ def compare(den, x_T, steps_list, case_list, reps, exact_of=None, desc=""):
         exact = exact_of(sigmas) if exact_of else None
         for label, solver, opts, peers, nfe in tqdm(case_list, desc=f"{desc} steps={steps}", leave=False):
             fn = sl.samplers.get(solver)
-            t_sl, x_sl = best_time(lambda: fn(den, x_T.clone(), sigmas, **opts), reps)
-            base = dict(solver=label, steps=steps, nfe=nfe(steps), seconds_scorelab=t_sl,
-                        rmse_scorelab=rmse(x_sl, exact) if exact is not None else None)
+            ours = lambda: fn(den, x_T.clone(), sigmas, **opts)  # noqa: E731
             for peer, run in peers.items():
                 try:
-                    t_p, x_p = best_time(lambda: run(den, x_T.clone(), sigmas), reps)
+                    t_sl, t_p, x_sl, x_p = paired_times(ours, lambda: run(den, x_T.clone(), sigmas), reps)
                 except Exception as err:  # a peer failing is a result, not a crash
-                    rows.append(dict(base, peer=peer, error=f"{type(err).__name__}: {err}"[:200]))
+                    rows.append(dict(solver=label, steps=steps, nfe=nfe(steps), peer=peer,
+                                     error=f"{type(err).__name__}: {err}"[:200]))
                     continue
-                rows.append(dict(base, peer=peer, max_abs_diff=float((x_sl.double() - x_p.double()).abs().max()),
-                                 nan_in_peer=bool(torch.isnan(x_p).any()),
-                                 rmse_peer=rmse(x_p, exact) if exact is not None else None,
-                                 seconds_peer=t_p, time_ratio=t_sl / t_p))
+                row = dict(solver=label, steps=steps, nfe=nfe(steps), peer=peer,
+                           max_abs_diff=float((x_sl.double() - x_p.double()).abs().max()),
+                           nan_in_peer=bool(torch.isnan(x_p).any()),
+                           rmse_scorelab=rmse(x_sl, exact) if exact is not None else None,
+                           rmse_peer=rmse(x_p, exact) if exact is not None else None,
+                           seconds_scorelab=t_sl, seconds_peer=t_p, time_ratio=t_sl / t_p)
+                if row["nan_in_peer"]:  # is it only the step to σ = 0? compare on the grid without it
+                    a, b = fn(den, x_T.clone(), sigmas[:-1], **opts), run(den, x_T.clone(), sigmas[:-1])
+                    row["max_abs_diff_to_sigma_min"] = float((a.double() - b.double()).abs().max())
+                rows.append(row)
     return rows
+
+
+def unit_gaussian(x, sigma):
+    """Exact denoiser of x0 ~ N(0, I): D(x, σ) = x / (1 + σ²) — nearly free, so timing it times the solver."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+    return x / (1 + s * s)
 
 
 def main():
@@ -142,7 +171,8 @@ def main():
     ap.add_argument("--no-unet", action="store_true")
     ap.add_argument("--limit", type=int, default=None, help="fit the Gaussian on the first N train images")
     ap.add_argument("--steps", type=int, nargs="+", default=None)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (min taken)")
+    ap.add_argument("--overhead-reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="peers", help="result name under bench/results (default: peers)")
     args = ap.parse_args()
@@ -163,6 +193,16 @@ def main():
     gauss_rows = compare(g, x_T, steps_list, case_list, args.reps,
                          exact_of=lambda s: g.trajectory(x_T, s)[-1], desc="gaussian")
 
+    # solver overhead: a free denoiser, 4 samples of 28×28 in float32; exact x(σ) = x_T·sqrt((1 + σ²)/(1 + σ_T²))
+    x_small = x_T_of(4, (1, 28, 28), torch.float32)
+    overhead_rows = compare(unit_gaussian, x_small, [20], case_list, args.overhead_reps,
+                            exact_of=lambda s: x_small * math.sqrt((1 + float(s[-1]) ** 2) / (1 + float(s[0]) ** 2)),
+                            desc="overhead")
+    for r in overhead_rows:
+        if "seconds_scorelab" in r:
+            r["us_per_step_scorelab"] = 1e6 * r["seconds_scorelab"] / r["steps"]
+            r["us_per_step_peer"] = 1e6 * r["seconds_peer"] / r["steps"]
+
     unet_rows, unet_label = [], None
     if not args.no_unet:
         try:
@@ -174,17 +214,22 @@ def main():
                 x_T32 = x_T_of(args.unet_n, tuple(net.shape_), torch.float32)
                 unet_rows = compare(net, x_T32, [10] if args.quick else [10, 20], case_list, args.reps, desc="unet")
 
-    cols = ["solver", "peer", "steps", "nfe", "max_abs_diff", "rmse_scorelab", "rmse_peer", "time_ratio"]
+    cols = ["solver", "peer", "steps", "nfe", "max_abs_diff", "max_abs_diff_to_sigma_min", "rmse_scorelab", "rmse_peer",
+            "time_ratio"]
     print(f"## Gaussian (float64, n={args.n}): scorelab vs peers, RMSE vs the exact endpoint\n")
     print(md_table(gauss_rows, cols + ["error"]))
+    print("\n## Solver overhead (free denoiser D = x/(1+σ²), 4 × 28×28 float32, 20 steps)\n")
+    print(md_table(overhead_rows, ["solver", "peer", "max_abs_diff", "us_per_step_scorelab", "us_per_step_peer",
+                                   "time_ratio", "error"]))
     if unet_rows:
         print(f"\n## U-Net ({unet_label}, float32, n={args.unet_n})\n")
-        print(md_table(unet_rows, ["solver", "peer", "steps", "nfe", "max_abs_diff", "time_ratio", "error"]))
+        print(md_table(unet_rows, ["solver", "peer", "steps", "nfe", "max_abs_diff", "max_abs_diff_to_sigma_min",
+                                   "time_ratio", "error"]))
     write_result(args.out, dict(
         name="peers", quick=args.quick, n=args.n, unet_n=args.unet_n, unet=unet_label, threads=args.threads,
         reps=args.reps, grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)",
         versions=dict(scorelab=sl.__version__, k_diffusion=kd.version if kd else None, diffusers=diffusers_version),
-        gaussian=gauss_rows, unet_rows=unet_rows), command_line())
+        gaussian=gauss_rows, overhead=overhead_rows, unet_rows=unet_rows), command_line())
 
 
 if __name__ == "__main__":

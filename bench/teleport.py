@@ -1,7 +1,7 @@
 """Teleportation on the Fashion-MNIST U-Net: skip the first part of the trajectory with the Gaussian's exact jump
 (Wang & Vastola 2024, "The unreasonable effectiveness of Gaussian score approximations") and measure what it costs.
 
-    .venv/bin/python bench/teleport.py                      # full: 5,000 samples, Inception FID, bootstrap intervals
+    .venv/bin/python bench/teleport.py                      # 5,000 samples, Inception FID, bootstrap intervals
     .venv/bin/python bench/teleport.py --quick              # 256 samples, no FID: proxy only (see below)
     .venv/bin/python bench/teleport.py --features pixels    # Fréchet distance on raw pixels instead of Inception
 

@@ -1,0 +1,126 @@
+"""How much of the trained U-Net's denoiser each closed-form model explains, per noise level σ.
+
+    .venv/bin/python bench/explained.py          # Gaussian, GMM K=10/100, Empirical, KNN, CFDM, ELS; 1,000 images
+    .venv/bin/python bench/explained.py --quick  # Gaussian, GMM K=10, Empirical, KNN fitted on 10k train; 256 images
+
+`sl.diagnostics.explained_variance(models, net, test_images, sigmas)` on held-out test images x = x0 + σε at
+the σ of the Karras 18-step grid (0.002 … 80): score-space EV_s = 1 − E‖s_m − s_ref‖²/E‖s_ref‖²,
+denoiser-space EV_D = 1 − E‖D_m − D_ref‖²/E‖D_ref − E D_ref‖² and the median per-image r² (DESIGN.md
+"Diagnostics"). For each
+model and definition: the crossing σ for 0.99 and 0.9 = the smallest grid σ such that EV ≥ the threshold at every
+grid σ above it too (None: already below at σ_max), i.e. how far down from pure noise the model explains the
+network — the σ at which teleportation could hand over. Writes bench/results/explained.json and prints tables.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, fashion_mnist, load_unet, md_table, write_result  # noqa: E402
+
+import scorelab as sl  # noqa: E402
+
+FULL = "gaussian,gmm10,gmm100,empirical,knn,cfdm,els"
+QUICK = "gaussian,gmm10,empirical,knn"
+
+
+def builders(args):
+    """name → (label, function(train) → fitted denoiser)."""
+    return {
+        "gaussian": ("Gaussian", lambda x: sl.Gaussian.fit(x)),
+        "gmm10": ("GMM (K=10)", lambda x: sl.GMM.fit(x, n_components=10, covariance="full", max_iter=args.gmm_iter)),
+        "gmm100": ("GMM (K=100)", lambda x: sl.GMM.fit(x, n_components=100, covariance="full",
+                                                      max_iter=args.gmm_iter)),
+        "empirical": ("Empirical", lambda x: sl.Empirical(x)),
+        "knn": ("KNN (k=64)", lambda x: sl.KNN(x, k=64, n_random=256)),
+        "cfdm": (f"CFDM (smoothing={args.cfdm_smoothing})",
+                 lambda x: sl.CFDM(x, smoothing=args.cfdm_smoothing, n_draws=8)),
+        "els": (f"ELS (patch {args.els_patch})",
+                lambda x: sl.ELS(x, patch_size=args.els_patch, n_data=args.els_data, border="zero")),
+    }
+
+
+def crossing(rows: list[dict], column: str, threshold: float):
+    """Smallest σ with EV ≥ threshold at it and at every larger σ of the table (None: fails at the largest σ)."""
+    best = None
+    for r in sorted(rows, key=lambda r: -r["sigma"]):
+        if not r[column] >= threshold:
+            break
+        best = r["sigma"]
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", default=None, help=f"comma list (default {FULL}; --quick {QUICK})")
+    ap.add_argument("--n", type=int, default=None, help="held-out test images (default 1000; --quick 256)")
+    ap.add_argument("--n-fit", type=int, default=None, help="train images to fit on (default 60000; --quick 10000)")
+    ap.add_argument("--steps", type=int, default=18, help="Karras grid whose σ are evaluated")
+    ap.add_argument("--gmm-iter", type=int, default=None, help="EM iterations (default 100; --quick 20)")
+    ap.add_argument("--cfdm-smoothing", type=float, default=2.0)
+    ap.add_argument("--els-patch", type=int, default=5)
+    ap.add_argument("--els-data", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--unet", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="explained")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.n or (256 if args.quick else 1000)
+    n_fit = args.n_fit or (10000 if args.quick else 60000)
+    args.gmm_iter = args.gmm_iter or (20 if args.quick else 100)
+    names = (args.models or (QUICK if args.quick else FULL)).split(",")
+    table_of = builders(args)
+    unknown = [m for m in names if m not in table_of]
+    if unknown:
+        raise ValueError(f"--models must be among {','.join(table_of)}; got {','.join(unknown)}")
+
+    net, unet_label = load_unet(args.unet)
+    train, held = fashion_mnist("train", n_fit), fashion_mnist("test", n)
+    models, fit_seconds = {}, {}
+    for name in names:
+        label, make = table_of[name]
+        t = time.perf_counter()
+        models[label] = make(train)
+        fit_seconds[label] = round(time.perf_counter() - t, 2)
+        print(f"fitted {label} in {fit_seconds[label]:.1f}s", file=sys.stderr, flush=True)
+    sigmas = [s for s in sl.schedules.karras(args.steps, sigma_min=0.002, sigma_max=80.0, rho=7.0).tolist() if s > 0]
+    t = time.perf_counter()
+    with torch.no_grad():
+        table = sl.diagnostics.explained_variance(models, net, held, sigmas, batch_size=args.batch_size)
+    ev_seconds = time.perf_counter() - t
+    rows = [dict(r) for r in table]
+
+    crossings = []
+    for label in models:
+        mine = [r for r in rows if r["model"] == label]
+        crossings.append(dict(model=label, fit_seconds=fit_seconds[label],
+                              ev_s_099=crossing(mine, "ev_score", 0.99), ev_s_09=crossing(mine, "ev_score", 0.9),
+                              ev_d_099=crossing(mine, "ev_denoiser", 0.99),
+                              ev_d_09=crossing(mine, "ev_denoiser", 0.9)))
+
+    print(f"## Explained variance vs the U-Net ({unet_label}); {n} test images, fit on {n_fit} train images\n")
+    wide = []
+    for s in sigmas:
+        row = dict(sigma=s)
+        for r in rows:
+            if r["sigma"] == s:
+                row[f"{r['model']} EV_s / EV_D"] = f"{r['ev_score']:.4f} / {r['ev_denoiser']:.4f}"
+        wide.append(row)
+    print(md_table(wide, list(wide[0].keys())))
+    print("\nCrossing σ (smallest σ with EV ≥ threshold there and above):\n")
+    print(md_table(crossings, list(crossings[0].keys())))
+    write_result(args.out, dict(
+        name="explained", quick=args.quick, n=n, n_fit=n_fit, unet=unet_label, threads=args.threads,
+        sigmas=sigmas, models=list(models), fit_seconds=fit_seconds, ev_seconds=round(ev_seconds, 1),
+        rows=rows, crossings=crossings), command_line())
+
+
+if __name__ == "__main__":
+    main()
