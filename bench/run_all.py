@@ -24,7 +24,7 @@ PLAN = {
     "gaussian": ("gaussian.py", [], ["--limit", "10000"]),
     "samplers": ("samplers.py", [], ["--quick", "--n", "64"]),
     "peers": ("peers.py", [], ["--quick", "--n", "64", "--unet-n", "8", "--reps", "2"]),
-    "explained": ("explained.py", [], ["--quick"]),
+    "explained": ("explained.py", [], ["--quick", "--n", "128", "--gmm-iter", "10"]),
     "teleport": ("teleport.py", [], ["--quick", "--n", "64", "--configs", "heun:18,dpmpp_2m:10,unipc:10",
                                      "--skips", "0,0.2,0.3,0.4,auto", "--skip-data", "128"]),
     "empirical": ("empirical.py", [], None),
