@@ -72,3 +72,9 @@ def test_bad_arguments(setup):
         calibrate_patch_size(3, model, held_out, [1.0], progress=False)
     with pytest.raises(TypeError, match="reference"):
         calibrate_patch_size(model, None, held_out, [1.0], progress=False)
+
+
+def test_reachable_from_diagnostics():
+    import scorelab as sl
+
+    assert sl.diagnostics.calibrate_patch_size is calibrate_patch_size

@@ -21,7 +21,7 @@ import torch
 
 from ._checks import check_data, check_fraction, check_positive_int, check_sigma
 
-__all__ = ["Table", "explained_variance", "trajectory_deviation", "suggest_skip", "SkipSuggestion"]
+__all__ = ["Table", "explained_variance", "trajectory_deviation", "suggest_skip", "SkipSuggestion", "calibrate_patch_size"]
 
 
 class Table(list):
@@ -206,3 +206,12 @@ def suggest_skip(reference, gaussian, data, sigmas, threshold: float = 0.99, *, 
     if k == 0:  # not even σ_1 qualifies: nothing to skip
         return SkipSuggestion(None, 0, table)
     return SkipSuggestion(float(grid[k]), k, table)
+
+
+def __getattr__(name):
+    # the patch-size calibration of the local models (issue 5) lives beside them; reachable from here as DESIGN.md names it
+    if name == "calibrate_patch_size":
+        from .calibration import calibrate_patch_size
+
+        return calibrate_patch_size
+    raise AttributeError(f"module 'scorelab.diagnostics' has no attribute {name!r}")
