@@ -33,7 +33,6 @@ PLAN = {
     "metrics-unet-fid": ("metrics.py", ["unet-fid", "--model", str(UNET_DIR), "--n", "5000"], None),
     "train": ("train.py", [], ["--steps", "3"]),
 }
-NEEDS_UNET = {"peers", "explained", "teleport", "metrics-unet-fid"}
 
 
 def plan(quick: bool, only: list[str] | None, skip: list[str]) -> list[tuple[str, list[str]]]:
