@@ -49,7 +49,12 @@ def parse_configs(text: str) -> list[tuple[str, int]]:
 
 
 def parse_skips(text: str) -> list:
-    return [s if s == "auto" else float(s) for s in text.split(",")]
+    """Skip fractions and/or 'auto'; 0 (the unskipped reference run) is always first."""
+    try:
+        skips = [s.strip() if s.strip() == "auto" else float(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--skips must be fractions in [0, 1) or 'auto', comma-separated; got {text!r}") from None
+    return [0.0] + [s for s in skips if s != 0]
 
 
 def features_of(images, kind: str):

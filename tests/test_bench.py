@@ -159,3 +159,29 @@ def test_diffusers_unipc_bh1_matches_on_grid_ending_above_zero(tiny_gaussian):
     ours = sl.samplers.get(solver)(g, x_T.clone(), grid, **opts)
     theirs = runners["diffusers"](g, x_T.clone(), grid)
     assert (ours - theirs).abs().max() < 1e-10
+
+
+def test_run_all_records_exit_codes(tmp_path, monkeypatch):
+    run_all = _load("run_all")
+    (tmp_path / "ok.py").write_text("import sys; sys.exit(0)\n")
+    (tmp_path / "bad.py").write_text("import sys; sys.exit(3)\n")
+    monkeypatch.setattr(run_all, "BENCH", tmp_path)
+    monkeypatch.setattr(run_all, "PLAN", {"ok": ("ok.py", [], ["--quick"]), "bad": ("bad.py", [], None)})
+    written = {}
+    monkeypatch.setattr(run_all, "write_result", lambda name, payload, command: written.update({name: payload}))
+    assert run_all.main(["--no-readme"]) == 1
+    status = {s["name"]: s["returncode"] for s in written["run_all"]["scripts"]}
+    assert status == {"ok": 0, "bad": 3}
+    assert run_all.main(["--quick", "--no-readme"]) == 0  # bad.py is not in the quick set
+    assert [s["name"] for s in written["run_all_quick"]["scripts"]] == ["ok"]
+
+
+def test_teleport_skips_always_start_with_the_unskipped_run():
+    tp = _load("teleport")
+    assert tp.parse_skips("0.3,auto") == [0.0, 0.3, "auto"]
+    assert tp.parse_skips("0,0.1") == [0.0, 0.1]
+    with pytest.raises(ValueError, match="--skips"):
+        tp.parse_skips("0.1,half")
+    assert tp.parse_configs("heun:18,unipc:10") == [("heun", 18), ("unipc", 10)]
+    with pytest.raises(ValueError, match="--configs"):
+        tp.parse_configs("heun")
