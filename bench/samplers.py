@@ -27,8 +27,9 @@ from scorelab.sample import _per_sample_noise, sample_seed
 
 RESULTS = Path(__file__).parent / "results" / "samplers.json"
 ODE = [("euler", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
-       ("dpmpp_3m", dict(reference_coefficients=True)), ("unipc", dict(variant="bh1")),
-       ("unipc", dict(variant="bh2")), ("unipc", dict(order=2))]
+       ("dpmpp_3m", dict(reference_coefficients=True)), ("unipc", dict(order=3, variant="bh1")),
+       ("unipc", dict(order=3, variant="bh2")), ("unipc", dict(order=2, variant="bh1")),
+       ("unipc", dict(order=2, variant="bh2"))]
 STOCHASTIC = [("euler_ancestral", dict(eta=1.0)), ("dpmpp_2m_sde", dict(eta=1.0)),
               ("edm_stochastic", dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0))]
 

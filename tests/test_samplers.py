@@ -66,7 +66,7 @@ def measured_order(g, x_T, name, ns, **opts):
     ("heun", {}, (1.7, 2.5)),
     ("dpmpp_2m", {}, (1.7, 2.5)),
     ("dpmpp_3m", {}, (2.6, 3.6)),
-    ("unipc", {}, (3.2, 4.6)),                        # UniP-3 + UniC: order 4
+    ("unipc", dict(order=3, variant="bh1"), (3.2, 4.6)),  # UniP-3 + UniC: order 4
     ("unipc", dict(order=2, variant="bh2"), (2.5, 3.6)),
     ("dpmpp_2m_sde", dict(eta=0.0, solver_type="heun"), (1.7, 2.5)),
 ])

@@ -238,7 +238,7 @@ def dpmpp_3m(denoiser, x, sigmas, *, callback=None, generator=None, history=None
 
 
 @torch.no_grad()
-def unipc(denoiser, x, sigmas, *, callback=None, generator=None, order=3, variant="bh1", corrector=True,
+def unipc(denoiser, x, sigmas, *, callback=None, generator=None, order=2, variant="bh2", corrector=True,
           lower_order_final=True, history=None):
     """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data prediction, in λ = −log σ.
 
@@ -254,7 +254,8 @@ def unipc(denoiser, x, sigmas, *, callback=None, generator=None, order=3, varian
     The corrector reuses D(x̃_t, t), which the next step needs anyway, so it costs no NFE; it is applied after
     every step except the last (`corrector=False` turns it off). Order p = min(`order`, points available) during
     warm-up and, with `lower_order_final`, p ≤ steps left. A step to σ = 0 is x = D(s). `history` as in
-    `dpmpp_2m`. NFE = number of steps."""
+    `dpmpp_2m`. NFE = number of steps. Default order=2, "bh2" (as diffusers): on Fashion-MNIST's Gaussian it is
+    far more accurate at 5–10 steps than order=3, "bh1" (RMSE 0.11 vs 1.8 at 5 steps, bench/peers.py)."""
     order = check_positive_int(order, name="order")
     if order > 3:
         raise ValueError(f"order must be 1, 2 or 3; got {order}")
