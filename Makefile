@@ -40,10 +40,17 @@ demo: $(STAMP) fashion-mnist
 test: $(STAMP) fashion-mnist chromium
 	$(VPY) -m pytest -q -n 2 --durations=15
 
-bench: $(STAMP) fashion-mnist
+# bench-only peers: k-diffusion's sampling module (its package pulls torchvision, which cannot import beside this
+# torch, so no deps) and what that module imports.
+PEERS := $(VENV)/.peers
+$(PEERS): $(STAMP)
+	$(VPY) -m pip install -q --no-deps k-diffusion torchdiffeq torchsde trampoline
+	touch $(PEERS)
+
+bench: $(STAMP) $(PEERS) fashion-mnist
 	$(VPY) bench/run_all.py
 
-bench-quick: $(STAMP) fashion-mnist
+bench-quick: $(STAMP) $(PEERS) fashion-mnist
 	$(VPY) bench/run_all.py --quick
 
 clean:

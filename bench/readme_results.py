@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -252,11 +253,14 @@ def render(results: dict[str, dict]) -> str:
 
 
 def replace_section(text: str, section: str) -> str | None:
-    """`text` with the part between the markers replaced, or None if the markers are missing or out of order."""
-    i, j = text.find(BEGIN), text.find(END)
-    if i < 0 or j < i:
+    """`text` with the part between the markers replaced, or None if the markers are missing or out of order.
+
+    A marker counts only on a line of its own (prose may quote it)."""
+    b = re.search(rf"^{re.escape(BEGIN)}[ \t]*$", text, re.M)
+    e = re.search(rf"^{re.escape(END)}[ \t]*$", text, re.M)
+    if b is None or e is None or e.start() < b.end():
         return None
-    return text[:i + len(BEGIN)] + "\n" + section + text[j:]
+    return text[:b.end()] + "\n" + section + text[e.start():]
 
 
 def main(argv=None):

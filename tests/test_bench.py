@@ -46,6 +46,9 @@ def test_readme_section_replaced_only_between_markers(tmp_path):
     assert new == f"# Title\nintro\n{rr.BEGIN}\nNEW\n{rr.END}\ntail\n"
     assert rr.replace_section("no markers here", "x") is None
     assert rr.replace_section(f"{rr.END}\n{rr.BEGIN}", "x") is None
+    # prose that quotes a marker inside a line is not a marker
+    quoted = f"see `{rr.BEGIN}` below\n" + text
+    assert rr.replace_section(quoted, "NEW\n") == f"see `{rr.BEGIN}` below\n" + new
 
 
 def _peers_json(ratios):
