@@ -34,18 +34,18 @@ fashion-mnist:
 chromium:
 	$(call apt_install,chromium,command -v chromium >/dev/null 2>&1)
 
-demo: $(STAMP) fashion-mnist
-	$(VPY) -m scorelab.demo --out out/demo
-
-test: $(STAMP) fashion-mnist chromium
-	$(VPY) -m pytest -q -n 2 --durations=15
-
-# bench-only peers: k-diffusion's sampling module (its package pulls torchvision, which cannot import beside this
-# torch, so no deps) and what that module imports.
+# peer libraries for bench/peers.py and its test: k-diffusion's sampling module (its package pulls torchvision,
+# which cannot import beside this torch, so no deps) and what that module imports.
 PEERS := $(VENV)/.peers
 $(PEERS): $(STAMP)
 	$(VPY) -m pip install -q --no-deps k-diffusion torchdiffeq torchsde trampoline
 	touch $(PEERS)
+
+demo: $(STAMP) fashion-mnist
+	$(VPY) -m scorelab.demo --out out/demo
+
+test: $(STAMP) $(PEERS) fashion-mnist chromium
+	$(VPY) -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP) $(PEERS) fashion-mnist
 	$(VPY) bench/run_all.py
