@@ -9,14 +9,6 @@ import scorelab as sl  # noqa: E402
 from scorelab.nets.diffusers import ddim_sigmas, from_diffusers  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _euler(denoiser, x, sigmas):
     try:
         from scorelab.samplers import euler

@@ -9,15 +9,6 @@ from scorelab.nets import arch_config, build, load_model, save_model
 from scorelab.nets.precond import edm_coefficients, edm_loss_weight
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Reproducible, and no thread over-subscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(arch, shape, n_classes=0, sigma_data=0.5, randomise=True, **opts):
     torch.manual_seed(0)
     m = build({**arch_config(arch, **opts), "shape": list(shape), "sigma_data": sigma_data, "n_classes": n_classes})

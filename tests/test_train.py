@@ -19,15 +19,6 @@ from scorelab.nets.train import CHECKPOINT, TrainConfig, _BatchOrder, _sample_si
 MLP = dict(arch="mlp", net_options={"width": 32, "depth": 2})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise-reproducible runs (and no thread over-subscription on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gaussian_data(n=2048, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = torch.tensor([[0.8, 0.0], [0.5, 0.3]])
