@@ -7,7 +7,6 @@ Writes bench/results/gaussian.json and prints markdown tables. One CPU thread.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path

@@ -13,7 +13,6 @@ Prints markdown tables; writes bench/results/reference_<model>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

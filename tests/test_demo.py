@@ -1,7 +1,5 @@
 import json
 
-import torch
-
 from scorelab import demo
 
 

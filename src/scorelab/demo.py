@@ -8,7 +8,6 @@ whose probability-flow ODE has a closed-form solution.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -49,7 +49,7 @@ class Gaussian:
         mean, eigvals, eigvecs = (_as_float64(v, n) for v, n in
                                   ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
         if mean.ndim < 1:
-            raise ValueError(f"mean must have the sample shape (e.g. [d] or [C, H, W]); got a 0-d value")
+            raise ValueError("mean must have the sample shape (e.g. [d] or [C, H, W]); got a 0-d value")
         d = mean.numel()
         if eigvecs.ndim != 2 or eigvecs.shape[0] != d or eigvecs.shape[1] > d:
             raise ValueError(f"eigvecs must have shape [d, r] with d = mean.numel() = {d} and r <= d; "

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .._io import load_state
 
 __all__ = ["ARCHS", "build", "load_model", "train", "TrainConfig", "EDMPrecond", "from_diffusers"]

@@ -14,7 +14,6 @@ denoiser `load_model` reads) are written atomically every `checkpoint_every` ste
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
