@@ -21,10 +21,15 @@ def register(sub) -> None:
     p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS), help=f"architecture (default: {d.arch})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"total optimiser steps (default: {d.steps})")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors if present")
+    p.add_argument("--change", default="", metavar="FIELDS",
+                   help="with --resume: comma-separated fields this run sets anew, a new training stage (lr, warmup, "
+                        "lr_schedule, lr_min_ratio, grad_clip, ema_halflife_kimg, ema_rampup)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["cosine", "constant"])
+    p.add_argument("--lr-min-ratio", type=float, default=d.lr_min_ratio,
+                   help=f"cosine schedule: final lr / lr (default: {d.lr_min_ratio})")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--ema-halflife-kimg", type=float, default=d.ema_halflife_kimg)
     p.add_argument("--p-mean", type=float, default=d.p_mean)
@@ -69,13 +74,15 @@ def _run(args) -> int:
     overrides = {"channels": args.channels, "num_blocks": args.num_blocks, "width": args.width, "depth": args.depth}
     cfg = TrainConfig(arch=args.arch, net_options={k: v for k, v in overrides.items() if v is not None},
                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                      lr_schedule=args.lr_schedule, grad_clip=args.grad_clip, ema_halflife_kimg=args.ema_halflife_kimg,
+                      lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
+                      grad_clip=args.grad_clip, ema_halflife_kimg=args.ema_halflife_kimg,
                       p_mean=args.p_mean, p_std=args.p_std, uniform_fraction=args.uniform_fraction,
                       sigma_min=args.sigma_min, sigma_max=args.sigma_max, sigma_data=args.sigma_data,
                       conditional=args.conditional, seed=args.seed, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every)
-    model = train(x, out=args.out, labels=y, config=cfg, resume=args.resume, progress=not args.no_progress,
-                  device=args.device, data_name=args.data)
+    change = tuple(f.strip().replace("-", "_") for f in args.change.split(",") if f.strip())
+    model = train(x, out=args.out, labels=y, config=cfg, resume=args.resume, change=change,
+                  progress=not args.no_progress, device=args.device, data_name=args.data)
     hist = model.training_["history"]
     print(json.dumps({"out": args.out, "arch": args.arch, "steps": args.steps,
                       "final_loss": hist[-1][1] if hist else None}))

@@ -31,12 +31,15 @@ CHECKPOINT, MODEL, CONFIG = "checkpoint.safetensors", "model.safetensors", "conf
 CKPT_KIND = "edm-train-checkpoint"
 # Fields that may change when resuming: they do not change what is computed at a given step.
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
+# Fields a resumed run may change on purpose (`change=`, CLI `--change`): a new optimisation stage on the same
+# network and data, e.g. decaying the learning rate or lengthening the EMA after a constant-rate phase.
+STAGE_FIELDS = ("lr", "warmup", "lr_schedule", "lr_min_ratio", "grad_clip", "ema_halflife_kimg", "ema_rampup")
 
 
 @dataclass
 class TrainConfig:
     """Every option of a training run (saved in the checkpoint; a resumed run must agree on all but
-    `steps`, `checkpoint_every` and `log_every`)."""
+    `steps`, `checkpoint_every`, `log_every` and the STAGE_FIELDS it names in `change`)."""
 
     arch: str = "unet-small"
     net_options: dict = field(default_factory=dict)   # overrides of the arch preset (channels, num_blocks, ...)
@@ -140,15 +143,24 @@ def _train_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _check_resume(saved: dict, new: dict, saved_fp: dict, new_fp: dict) -> None:
+def _same_fingerprint_value(a, b) -> bool:
+    """Float sums agree to 1e-9 relative: their last digits depend on the reduction order (thread count)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+    return a == b
+
+
+def _check_resume(saved: dict, new: dict, saved_fp: dict, new_fp: dict, change=()) -> None:
     for key in sorted(set(saved) | set(new)):
-        if key in RESUMABLE_FIELDS:
+        if key in RESUMABLE_FIELDS or key in change:
             continue
         if saved.get(key) != new.get(key):
+            hint = f"; pass change=({key!r},) (--change {key}) to start a new stage" if key in STAGE_FIELDS else ""
             raise ValueError(f"cannot resume: config field {key!r} differs (checkpoint has {saved.get(key)!r}, "
-                             f"this run has {new.get(key)!r})")
-    if saved_fp != new_fp:
-        diff = [k for k in sorted(set(saved_fp) | set(new_fp)) if saved_fp.get(k) != new_fp.get(k)]
+                             f"this run has {new.get(key)!r}){hint}")
+    diff = [k for k in sorted(set(saved_fp) | set(new_fp))
+            if not _same_fingerprint_value(saved_fp.get(k), new_fp.get(k))]
+    if diff:
         raise ValueError(f"cannot resume: field 'data' differs from the checkpoint's data ({', '.join(diff)})")
 
 
@@ -163,23 +175,29 @@ def _save(out: Path, model, ema, opt, meta: dict) -> None:
 
     save_model(ema, out / MODEL, extra={"training": info})                 # loadable at any time
     write_json(out / CONFIG, {"model": ema.config, "train": meta["train"], "data": meta["data"], "training": info,
-                              "history": meta["history"]})
+                              "stages": meta.get("stages", []), "history": meta["history"]})
     save_state(out / CHECKPOINT, tensors, kind=CKPT_KIND, config=meta)     # written last: the resume point
 
 
 def train(data, *, out=None, labels=None, config: TrainConfig | None = None, resume: bool = False,
-          progress: bool = True, device=None, data_name: str | None = None, **options):
+          change=(), progress: bool = True, device=None, data_name: str | None = None, **options):
     """Train a denoiser on `data` [N, *shape] (images in [-1, 1] or vectors); return the EMA model (eval mode).
 
     `config` or keyword `options` (fields of TrainConfig). With `out`, checkpoints go to that directory; with
     `resume=True` training continues from `out/checkpoint.safetensors` when present (the config must match,
-    except steps / checkpoint_every / log_every; a mismatch raises ValueError naming the field)."""
+    except steps / checkpoint_every / log_every; a mismatch raises ValueError naming the field). `change` names
+    fields of STAGE_FIELDS (learning rate, its schedule, clipping, EMA length) that this resumed run sets anew:
+    a new stage, recorded in the checkpoint's `stages`."""
     from tqdm.auto import tqdm
 
     from . import arch_config, build
 
     cfg = dataclasses.replace(config or TrainConfig(), **options) if options else (config or TrainConfig())
     cfg.validate()
+    change = (change,) if isinstance(change, str) else tuple(change)
+    bad = [c for c in change if c not in STAGE_FIELDS]
+    if bad:
+        raise ValueError(f"change may only name {', '.join(STAGE_FIELDS)}; got {', '.join(map(repr, bad))}")
     data = check_data(data, name="data", min_samples=2)
     if cfg.conditional:
         if labels is None:
@@ -215,7 +233,13 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
             raise ValueError(f"out {str(out)!r} already holds a checkpoint; pass resume=True (--resume) to continue "
                              "it or choose another directory")
         tensors, _, saved = load_state(out / CHECKPOINT, kind=CKPT_KIND)
-        _check_resume(saved["train"], meta["train"], saved["data"], meta["data"])
+        _check_resume(saved["train"], meta["train"], saved["data"], meta["data"], change)
+        stages = list(saved.get("stages", []))
+        changed = {k: [saved["train"].get(k), meta["train"][k]] for k in change
+                   if saved["train"].get(k) != meta["train"][k]}
+        if changed:
+            stages.append({"step": saved["step"], "changed": changed})
+        meta["stages"] = stages
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
         state = {}
