@@ -62,7 +62,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     only = args.only.split(",") if args.only else None
     skip = [s for s in args.skip.split(",") if s]
-    todo = plan(args.quick, only, skip)
+    try:
+        todo = plan(args.quick, only, skip)
+    except ValueError as e:
+        print(f"run_all: error: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for name, cmd in todo:
             print(f"{name}: {' '.join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd)}")

@@ -4,6 +4,7 @@
     .venv/bin/python bench/teleport.py                      # 5,000 samples, Inception FID, bootstrap intervals
     .venv/bin/python bench/teleport.py --quick              # 256 samples, no FID: proxy only (see below)
     .venv/bin/python bench/teleport.py --features pixels    # Fréchet distance on raw pixels instead of Inception
+    .venv/bin/python bench/teleport.py --features classifier  # ... in the shipped Fashion-MNIST classifier's features
 
 For each solver/step count (Heun 18, 35; DPM++2M 10, 20; UniPC 10, 20 on Karras grids, σ 0.002 … 80) and each
 skip ∈ {0, 0.1, …, 0.5, auto} (fraction of steps replaced by `sl.teleport`; `auto` = `diagnostics.suggest_skip`
@@ -58,11 +59,14 @@ def parse_skips(text: str) -> list:
 
 
 def features_of(images, kind: str):
-    """Features for the Fréchet distance: Inception (cached on disk by scorelab.metrics), raw pixels, or None."""
+    """Features for the Fréchet distance: Inception (cached on disk by scorelab.metrics), raw pixels, the penultimate
+    layer of the shipped Fashion-MNIST classifier (models/fashion-mnist-classifier, ~1,500 img/s), or None."""
     if kind == "none":
         return None
     if kind == "pixels":
         return images.reshape(images.shape[0], -1).double()
+    if kind == "classifier":
+        return sl.metrics.classifier_features(images.clamp(-1, 1))
     return sl.metrics.inception_features(images.clamp(-1, 1), progress=True)
 
 
@@ -130,7 +134,7 @@ def main():
     ap.add_argument("--configs", default=CONFIGS, help="solver:steps list (default %(default)s)")
     ap.add_argument("--skips", default=SKIPS, help="skip fractions and/or auto (default %(default)s)")
     ap.add_argument("--no-warm", action="store_true", help="do not add warm_history runs for multistep solvers")
-    ap.add_argument("--features", choices=["inception", "pixels", "none"], default=None,
+    ap.add_argument("--features", choices=["inception", "pixels", "classifier", "none"], default=None,
                     help="Fréchet-distance features (default inception; --quick: none)")
     ap.add_argument("--n-boot", type=int, default=100, help="bootstrap rounds of FID differences (0: none)")
     ap.add_argument("--skip-data", type=int, default=512, help="held-out test images for skip='auto'")
@@ -192,7 +196,8 @@ def main():
                   file=sys.stderr, flush=True)
 
     has_fid = features != "none"
-    metric_name = {"inception": "FID (Inception)", "pixels": "FD on raw pixels", "none": None}[features]
+    metric_name = {"inception": "FID (Inception)", "pixels": "FD on raw pixels",
+                   "classifier": "FD in Fashion-MNIST classifier features", "none": None}[features]
     cols = ["solver", "steps", "skip", "warm_history", "sigma_skip", "nfe", "nfe_saved", "seconds", "proxy_rms"]
     if has_fid:
         cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]

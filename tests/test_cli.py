@@ -25,7 +25,7 @@ def _subcommands(parser):
 def test_every_command_has_help(capsys):
     paths = list(_subcommands(cli.build_parser()))
     top = {p[0] for p in paths}
-    assert {"data", "fit", "sample"} <= top
+    assert set(cli.COMMANDS) <= top                       # DESIGN.md's sub-commands, bench included
     assert {"gaussian", "empirical", "gmm"} <= {p[1] for p in paths if p[0] == "fit" and len(p) > 1}
     for path in paths:
         with pytest.raises(SystemExit) as e:
@@ -44,6 +44,7 @@ def test_top_level_help_and_version():
     (["fit", "gaussian", "--data", "no-such-data", "--out", "x.safetensors"], "no-such-data"),
     (["sample", "--model", "missing.safetensors", "--out", "g.png"], "missing.safetensors"),
     (["fit", "gaussian", "--data", "digits", "--rank", "0", "--out", "x.safetensors"], "rank"),
+    (["bench", "--dir", "no-such-bench", "--dry-run"], "--dir"),
 ])
 def test_bad_input_exits_2_with_one_line(args, needle, tmp_path):
     out = subprocess.run([sys.executable, "-m", "scorelab.cli", *args], capture_output=True, text=True,
@@ -65,3 +66,14 @@ def test_fit_then_sample_round_trip(tmp_path):
 
     info = json.loads((tmp_path / "s.json").read_text())
     assert info["nfe"] == 2 * (6 - 3) - 1 and (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_bench_runs_the_checkout_plan():
+    """`scorelab bench` finds this checkout's bench/ and passes the options to run_all.py (dry run: plan only)."""
+    out = run("bench", "--quick", "--only", "gaussian,samplers", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["gaussian", "samplers"]
+    assert "bench/gaussian.py --limit 10000" in lines[0]
+    bad = run("bench", "--only", "nope", "--dry-run")
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
