@@ -174,9 +174,14 @@ def teleport_section(d: dict) -> tuple[str, str]:
         met = [v for v in d["verdicts"] if v.get("goal_met")]
         missed = [f"{v['solver']} {v['steps']} (best: {v['nfe_saved']:.0%} of NFE)" for v in d["verdicts"]
                   if not v.get("goal_met")]
+        metric = d.get("metric") or "FID"
+        proxy_note = ("" if d.get("features") == "inception" else
+                      f" The metric is the {metric}, DESIGN.md's cheap stand-in for Inception FID in wide sweeps.")
         verdict = (f"**Teleportation (goal: ≥ 30% of NFE skipped with FID within +2%, every solver):** met for "
                    f"{len(met)} of {len(d['verdicts'])} solver settings" +
-                   (f"; missed for {', '.join(missed)}." if missed else "."))
+                   (f"; missed for {', '.join(missed)}." if missed else ".") +
+                   " Judged on point estimates; the paired bootstrap 95% interval of each difference is in the "
+                   "table (an interval containing 0 is no measurable difference)." + proxy_note)
     else:
         verdict = ("**Teleportation (goal: ≥ 30% of NFE skipped with FID within +2%, every solver):** not judged — "
                    f"this run ({d['n']} samples) measured NFE, time and the proxy only; the goal needs "
