@@ -15,17 +15,9 @@ import torch
 
 from ._checks import check_positive_int, check_tensor
 from ._io import write_json
+from .diagnostics import per_image_r2
 
 __all__ = ["calibrate_patch_size", "PatchCalibration", "per_image_r2"]
-
-
-def per_image_r2(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """r²_i = 1 − ‖pred_i − ref_i‖² / ‖ref_i − mean(ref_i)‖² for every image i (float64, [B])."""
-    p = pred.detach().reshape(pred.shape[0], -1).to(torch.float64)
-    r = ref.detach().reshape(ref.shape[0], -1).to(torch.float64)
-    err = ((p - r) ** 2).sum(1)
-    var = ((r - r.mean(1, keepdim=True)) ** 2).sum(1)
-    return 1 - err / var.clamp(min=torch.finfo(torch.float64).tiny)
 
 
 @dataclass

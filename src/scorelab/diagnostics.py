@@ -21,7 +21,7 @@ import torch
 
 from ._checks import check_data, check_fraction, check_positive_int, check_sigma
 
-__all__ = ["Table", "explained_variance", "trajectory_deviation", "suggest_skip", "SkipSuggestion", "calibrate_patch_size"]
+__all__ = ["Table", "explained_variance", "per_image_r2", "trajectory_deviation", "suggest_skip", "SkipSuggestion", "calibrate_patch_size"]
 
 
 class Table(list):
@@ -57,6 +57,15 @@ def _as_models(model) -> dict:
         if not callable(m):
             raise TypeError(f"model {name!r} must be callable as D(x, sigma); got {type(m).__name__}")
     return models
+
+
+def per_image_r2(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """r²_i = 1 − ‖pred_i − ref_i‖² / ‖ref_i − mean(ref_i)‖² for every image i (float64, [B])."""
+    p = pred.detach().reshape(pred.shape[0], -1).to(torch.float64)
+    r = ref.detach().reshape(ref.shape[0], -1).to(torch.float64)
+    err = ((p - r) ** 2).sum(1)
+    var = ((r - r.mean(1, keepdim=True)) ** 2).sum(1)
+    return 1 - err / var.clamp(min=torch.finfo(torch.float64).tiny)
 
 
 @torch.no_grad()
@@ -100,11 +109,10 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
             c = d_ref - shift
             s1 += c.sum(0)
             s2 += c.square().sum()
-            per_image_var = (d_ref - d_ref.mean(1, keepdim=True)).square().sum(1)
             for name, m in models.items():
-                diff = (m(x, sigma).to(torch.float64).reshape(x.shape[0], -1).cpu() - d_ref).square().sum(1)
-                err[name] += diff.sum()
-                r2[name].append(1 - diff / per_image_var)
+                d_m = m(x, sigma).to(torch.float64).reshape(x.shape[0], -1).cpu()
+                err[name] += (d_m - d_ref).square().sum()
+                r2[name].append(per_image_r2(d_m, d_ref))
             bar.update(x.shape[0])
         total_var = s2 - s1.square().sum() / n_img
         for name in models:
