@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, fashion_mnist, load_unet, md_table, write_result  # noqa: E402
+from common import RESULTS, command_line, fashion_mnist, load_unet, md_table, write_result  # noqa: E402
 
 import scorelab as sl  # noqa: E402
 
@@ -43,6 +43,27 @@ def builders(args):
         "els": (f"ELS (patch {args.els_patch})",
                 lambda x: sl.ELS(x, patch_size=args.els_patch, n_data=args.els_data, border="zero")),
     }
+
+
+def fit_or_load(name, make, train, args):
+    """(model, fit seconds): GMMs are cached under --fit-cache (their EM is the slow part of this script)."""
+    import json
+
+    from scorelab._io import write_json
+
+    cache = Path(args.fit_cache) / f"{name}_fit{train.shape[0]}_iter{args.gmm_iter}" \
+        if args.fit_cache and name.startswith("gmm") else None
+    if cache is not None and cache.with_suffix(".safetensors").is_file():
+        meta = json.loads(cache.with_suffix(".json").read_text())
+        return sl.GMM.load(cache.with_suffix(".safetensors")), meta["fit_seconds"]
+    t = time.perf_counter()
+    model = make(train)
+    seconds = round(time.perf_counter() - t, 2)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        model.save(cache.with_suffix(".safetensors"))
+        write_json(cache.with_suffix(".json"), {"fit_seconds": seconds})
+    return model, seconds
 
 
 def crossing(rows: list[dict], column: str, threshold: float):
@@ -70,6 +91,10 @@ def main():
     ap.add_argument("--unet", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="explained")
+    ap.add_argument("--fit-cache", default=str(RESULTS / "tmp" / "fits"),
+                    help="folder where fitted GMMs are kept and reused (keyed by K, n_fit, EM iterations; "
+                         "default %(default)s); '' to refit")
+    ap.add_argument("--fit-only", action="store_true", help="fit (and cache) the models, then stop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.n or (256 if args.quick else 1000)
@@ -86,10 +111,10 @@ def main():
     models, fit_seconds = {}, {}
     for name in names:
         label, make = table_of[name]
-        t = time.perf_counter()
-        models[label] = make(train)
-        fit_seconds[label] = round(time.perf_counter() - t, 2)
+        models[label], fit_seconds[label] = fit_or_load(name, make, train, args)
         print(f"fitted {label} in {fit_seconds[label]:.1f}s", file=sys.stderr, flush=True)
+    if args.fit_only:
+        return
     sigmas = [s for s in sl.schedules.karras(args.steps, sigma_min=0.002, sigma_max=80.0, rho=7.0).tolist() if s > 0]
     t = time.perf_counter()
     with torch.no_grad():
