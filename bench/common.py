@@ -15,7 +15,9 @@ import torch
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-RESULTS = BENCH / "results"
+# Where results go: bench/results, or $SCORELAB_BENCH_RESULTS (run_all --quick uses bench/results/quick, so a quick
+# run never overwrites the full results the README is generated from).
+RESULTS = Path(os.environ.get("SCORELAB_BENCH_RESULTS") or BENCH / "results")
 UNET_DIR = ROOT / "models" / "fashion-mnist-unet"
 UNET_SNAPSHOT = Path("/work/runs/fashion-mnist-unet")
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS  # noqa: E402  (bench/ is on sys.path when a script runs)
 IMG = ROOT / "docs" / "img"
 GMM_FILE = ROOT / "out" / "gmm_fashion_k100.safetensors"  # written by the gmm part, read by samples (not in git)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,9 @@ from tqdm import tqdm
 import scorelab as sl
 from scorelab._io import write_json
 
-RESULTS = Path(__file__).parent / "results" / "gaussian.json"
+from common import RESULTS as _FOLDER  # noqa: E402
+
+RESULTS = _FOLDER / "gaussian.json"
 RANKS = [None, 256, 64, 16]
 
 

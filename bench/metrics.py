@@ -13,11 +13,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results" / "metrics.json"
+from common import RESULTS as _FOLDER  # noqa: E402
+
+RESULTS = _FOLDER / "metrics.json"
 
 
 def _update(key: str, value) -> None:

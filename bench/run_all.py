@@ -3,7 +3,7 @@
     .venv/bin/python bench/run_all.py [--quick] [--only peers,teleport] [--skip train] [--dry-run] [--timeout S]
 
 `make bench` runs the full set (hours: 5k-sample FIDs), `make bench-quick` the --quick set (small sizes; scripts too
-slow for it are left out). Each script writes its own bench/results/<name>.json; this runner records what it ran,
+slow for it are left out; their JSON goes to bench/results/quick/, so the full results are never overwritten). Each script writes its own bench/results/<name>.json; this runner records what it ran,
 each script's exit status and wall time in bench/results/run_all.json (or run_all_quick.json), then calls
 bench/readme_results.py, which rewrites README.md between <!-- RESULTS:BEGIN --> and <!-- RESULTS:END -->.
 """
@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, ROOT, UNET_DIR, command_line, write_result  # noqa: E402
+from common import BENCH, RESULTS, ROOT, UNET_DIR, command_line, write_result  # noqa: E402
+
+QUICK_RESULTS = RESULTS / "quick"   # --quick scripts write here: the full results (and the README) stay as they are
 
 # name → (script, full arguments, quick arguments or None = left out of --quick)
 PLAN = {
@@ -72,12 +74,13 @@ def main(argv=None):
             print(f"{name}: {' '.join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd)}")
         return 0
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    script_env = dict(env, SCORELAB_BENCH_RESULTS=str(QUICK_RESULTS)) if args.quick else env
     status, t_all = [], time.perf_counter()
     for name, cmd in todo:
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.timeout).returncode
+            rc = subprocess.run(cmd, cwd=ROOT, env=script_env, timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         status.append(dict(name=name, command=" ".join(cmd[1:]), returncode=rc,

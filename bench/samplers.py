@@ -15,7 +15,6 @@ import argparse
 import math
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,9 @@ import scorelab as sl
 from scorelab._io import write_json
 from scorelab.sample import _per_sample_noise, sample_seed
 
-RESULTS = Path(__file__).parent / "results" / "samplers.json"
+from common import RESULTS as _FOLDER  # noqa: E402
+
+RESULTS = _FOLDER / "samplers.json"
 ODE = [("euler", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
        ("dpmpp_3m", dict(reference_coefficients=True)), ("unipc", dict(order=3, variant="bh1")),
        ("unipc", dict(order=3, variant="bh2")), ("unipc", dict(order=2, variant="bh1")),

@@ -166,10 +166,14 @@ def test_diffusers_unipc_bh1_matches_on_grid_ending_above_zero(tiny_gaussian):
 
 def test_run_all_records_exit_codes(tmp_path, monkeypatch):
     run_all = _load("run_all")
-    (tmp_path / "ok.py").write_text("import sys; sys.exit(0)\n")
+    (tmp_path / "ok.py").write_text(  # records where it was told to write results
+        "import os, sys; open(sys.argv[-1] + '.where', 'w').write(os.environ.get('SCORELAB_BENCH_RESULTS', ''))\n")
     (tmp_path / "bad.py").write_text("import sys; sys.exit(3)\n")
     monkeypatch.setattr(run_all, "BENCH", tmp_path)
-    monkeypatch.setattr(run_all, "PLAN", {"ok": ("ok.py", [], ["--quick"]), "bad": ("bad.py", [], None)})
+    full, quick = str(tmp_path / "full"), str(tmp_path / "quick")
+    monkeypatch.setattr(run_all, "PLAN", {"ok": ("ok.py", [full], [quick]), "bad": ("bad.py", [], None)})
+    monkeypatch.setattr(run_all, "QUICK_RESULTS", tmp_path / "quick-results")
+    monkeypatch.delenv("SCORELAB_BENCH_RESULTS", raising=False)
     written = {}
     monkeypatch.setattr(run_all, "write_result", lambda name, payload, command: written.update({name: payload}))
     assert run_all.main(["--no-readme"]) == 1
@@ -177,6 +181,9 @@ def test_run_all_records_exit_codes(tmp_path, monkeypatch):
     assert status == {"ok": 0, "bad": 3}
     assert run_all.main(["--quick", "--no-readme"]) == 0  # bad.py is not in the quick set
     assert [s["name"] for s in written["run_all_quick"]["scripts"]] == ["ok"]
+    # a quick run's scripts write elsewhere: the full results the README comes from are never overwritten
+    assert (tmp_path / "full.where").read_text() == ""
+    assert (tmp_path / "quick.where").read_text() == str(tmp_path / "quick-results")
 
 
 def test_teleport_skips_always_start_with_the_unskipped_run():
