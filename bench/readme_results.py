@@ -167,6 +167,8 @@ def teleport_section(d: dict) -> tuple[str, str]:
     cols = ["solver", "steps", "skip", "warm_history", "sigma_skip", "nfe", "nfe_saved", "seconds", "proxy_rms"]
     if fid:
         cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]
+    if any("inception_fid" in r for r in d["rows"]):
+        cols += ["inception_fid", "inception_fid_diff", "inception_fid_diff_low", "inception_fid_diff_high"]
     lines.append(md_table([{k: _fmt(r.get(k)) for k in cols} for r in d["rows"]], cols))
     if d.get("plot"):
         lines += ["", f"![{'FID' if fid else 'proxy'} vs NFE]({d['plot']})"]

@@ -58,6 +58,38 @@ def parse_skips(text: str) -> list:
     return [0.0] + [s for s in skips if s != 0]
 
 
+def parse_headline(text: str) -> set:
+    """'heun:18:0.3,unipc:10:auto:warm' → {(solver, steps, skip as str, warm)} (skip as parse_skips gives it)."""
+    out = set()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        if len(parts) not in (3, 4) or not parts[1].isdigit() or (len(parts) == 4 and parts[3] != "warm"):
+            raise ValueError(f"--inception items must be solver:steps:skip[:warm]; got {item!r}")
+        skip = parts[2] if parts[2] == "auto" else str(float(parts[2]))
+        out.add((parts[0], int(parts[1]), skip, len(parts) == 4))
+    return out
+
+
+_INCEPTION: dict = {}
+
+
+def inception_row(row: dict, images, base_images, ref) -> None:
+    """Inception FID of a run (and, for a skipped run, the paired bootstrap interval of its difference to the
+    unskipped run of the same seeds); features cached on disk, and in memory for the base run."""
+    from scorelab.metrics.stats import cached_image_features
+
+    def feats(x):
+        if id(x) not in _INCEPTION:
+            _INCEPTION[id(x)] = (x, cached_image_features(x.clamp(-1, 1), desc="inception"))
+        return _INCEPTION[id(x)][1]
+
+    f = feats(images)
+    row["inception_fid"] = sl.metrics.fid(f, ref)
+    if images is not base_images:
+        d = sl.metrics.fid_difference(f, feats(base_images), ref, n_boot=100, progress=False)
+        row.update(inception_fid_diff=d.difference, inception_fid_diff_low=d.low, inception_fid_diff_high=d.high)
+
+
 def features_of(images, kind: str):
     """Features for the Fréchet distance: Inception (cached on disk by scorelab.metrics), raw pixels, the penultimate
     layer of the shipped Fashion-MNIST classifier (models/fashion-mnist-classifier, ~1,500 img/s), or None."""
@@ -144,6 +176,10 @@ def main():
     ap.add_argument("--unet", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="teleport")
+    ap.add_argument("--inception", default="", metavar="RUNS",
+                    help="headline runs that also get Inception FID, solver:steps:skip[:warm] comma-separated (e.g. "
+                         "heun:18:0.3,heun:18:auto); their unskipped run is measured too. Features are cached "
+                         "on disk by image content, so runs shared with bench/metrics.py cost nothing twice")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.n or (256 if args.quick else 5000)
@@ -160,6 +196,13 @@ def main():
 
         ref_feats = features_of(test[:n], features)
         ref_stats = feature_stats(ref_feats)
+
+    headline = parse_headline(args.inception)
+    ref_inception = None
+    if headline:
+        from scorelab.metrics.stats import reference_features
+
+        ref_inception = reference_features("fashion-mnist", "test", n)
 
     rows = []
     t_all = time.perf_counter()
@@ -190,6 +233,9 @@ def main():
                     d = sl.metrics.fid_difference(feats, base_feats, ref_feats, n_boot=args.n_boot, progress=False)
                     row.update(fid_diff=d.difference, fid_diff_low=d.low, fid_diff_high=d.high,
                                fid_diff_significant=d.significant)
+            if (solver, steps, str(skip), warm) in headline or (
+                    base_images is res.images and any(h[:2] == (solver, steps) for h in headline)):
+                inception_row(row, res.images, base_images, ref_inception)
             rows.append(row)
             print(f"{solver} {steps} skip={skip} warm={warm}: NFE {res.nfe}, {res.seconds:.1f}s, "
                   f"proxy RMS {row['proxy_rms']:.4f}" + (f", FD {row['fid']:.3f}" if "fid" in row else ""),
@@ -201,6 +247,8 @@ def main():
     cols = ["solver", "steps", "skip", "warm_history", "sigma_skip", "nfe", "nfe_saved", "seconds", "proxy_rms"]
     if has_fid:
         cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]
+    if headline:
+        cols += ["inception_fid", "inception_fid_diff", "inception_fid_diff_low", "inception_fid_diff_high"]
     print(f"## Teleportation on the U-Net ({unet_label}), n = {n}, features: {features}\n")
     print(md_table(rows, cols))
     verdict = verdicts(rows, has_fid)

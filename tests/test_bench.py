@@ -193,5 +193,9 @@ def test_teleport_skips_always_start_with_the_unskipped_run():
     with pytest.raises(ValueError, match="--skips"):
         tp.parse_skips("0.1,half")
     assert tp.parse_configs("heun:18,unipc:10") == [("heun", 18), ("unipc", 10)]
+    assert tp.parse_headline("heun:18:0.3, unipc:10:auto:warm") == {("heun", 18, "0.3", False),
+                                                                     ("unipc", 10, "auto", True)}
+    with pytest.raises(ValueError, match="--inception"):
+        tp.parse_headline("heun:18")
     with pytest.raises(ValueError, match="--configs"):
         tp.parse_configs("heun")
