@@ -52,6 +52,18 @@ def test_pspc_equals_loop_reference(tiny, border, equivariant, p):
     torch.testing.assert_close(model(x, SIGMAS), want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls,loop", [(ELS, ref.els_loop), (PSPC, ref.pspc_loop)])
+@pytest.mark.parametrize("equivariant", [True, False])
+def test_streamed_without_a_bank_equals_loop_reference(tiny, cls, loop, equivariant):
+    """dedup=False: no cached bank, every chunk is unfolded from the data (the memory-lean path)."""
+    data, x = tiny
+    for border in cls.borders:
+        model = cls(data, 3, equivariant=equivariant, border=border, dedup=False, chunk_size=4000)
+        want = loop(data, x, SIGMAS, 3, equivariant=equivariant, border=border)
+        torch.testing.assert_close(model(x, SIGMAS), want, rtol=0, atol=1e-12)
+        assert not any(k[0] in ("bank", "locations") for k in model._cache if isinstance(k, tuple))
+
+
 def test_chunking_does_not_change_the_result(tiny):
     data, x = tiny
     a = ELS(data, 3, chunk_size=37)(x, 0.7)          # tiny blocks: many row blocks and chunks
@@ -72,6 +84,30 @@ def test_deduplicated_bank_counts_repeated_patches(tiny, cls, loop):
         assert bank and sum(b[0].shape[1] for b in bank) < rep.shape[0] * 36   # duplicates were merged
         for kw in (dict(dedup=False), dict(bank_limit=1)):                      # streamed without a bank
             torch.testing.assert_close(cls(rep, 3, border=border, **kw)(x, SIGMAS), want, rtol=0, atol=1e-12)
+
+
+def test_unshifted_and_running_max_paths_equal_brute_force(monkeypatch):
+    """stream_posterior_mean skips the running max when |logits| ≤ 600 is guaranteed (moderate σ) and keeps it
+    otherwise; both equal the float64 softmax brute force, with multiplicities and several chunks."""
+    from scorelab.models import local
+    g = torch.Generator().manual_seed(3)
+    phi, q = torch.randn(1, 500, 9, generator=g, dtype=F64), torch.randn(1, 40, 9, generator=g, dtype=F64)
+    v, log_c = torch.randn(1, 500, 3, generator=g, dtype=F64), torch.randint(1, 5, (1, 500), generator=g).log().to(F64)
+    bound = (float(phi.norm(dim=-1).max()), float(log_c.max()))
+    taken = []
+    monkeypatch.setattr(local, "_unshifted", lambda *a, _f=local._unshifted: taken.append("unshifted") or _f(*a))
+    monkeypatch.setattr(local, "_running_max", lambda *a, _f=local._running_max: taken.append("max") or _f(*a))
+    for sigma, path in [(0.5, "unshifted"), (3.0, "unshifted"), (0.05, "max")]:
+        chunks = [(local.augment(phi[:, a:a + 64], log_c[:, a:a + 64]), v[:, a:a + 64]) for a in range(0, 500, 64)]
+        d2 = ((q[0, :, None] - phi[0, None]) ** 2).sum(-1)
+        want = torch.softmax(-d2 / (2 * sigma ** 2) + log_c, dim=-1) @ v[0]
+        inv_var = torch.full((1, 40), sigma ** -2, dtype=F64)
+        taken.clear()
+        got = local.stream_posterior_mean(q, inv_var, chunks, phi_bound=bound)
+        assert taken == [path]
+        torch.testing.assert_close(got[0], want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(local.stream_posterior_mean(q, inv_var, chunks)[0], want, rtol=0, atol=1e-12)
+        assert taken == [path, "max"]
 
 
 @pytest.mark.parametrize("make", [

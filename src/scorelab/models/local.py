@@ -4,7 +4,8 @@ All three are posterior means under an empirical prior restricted to *neighbourh
 (or patch) only sees part of x, and the prior is the set of training patches with that shape. With
 x_σ = x0 + σ·ε the weights are w_φ ∝ exp(−‖x_Ω − φ‖² / 2σ²). They are computed with one GEMM per chunk
 of training patches (‖x_Ω − φ‖² = ‖x_Ω‖² − 2⟨x_Ω, φ⟩ + ‖φ‖², the ‖x_Ω‖² term cancels in the softmax) and
-an exact running-max log-sum-exp, so memory is bounded by `chunk_size`, never by the number of patches.
+an exact running-max log-sum-exp (skipped when the patch norms bound the logits, see stream_posterior_mean),
+so memory is bounded by `chunk_size`, never by the number of patches.
 
 - ELS: Kamb & Ganguli, "An analytic theory of creativity in convolutional diffusion models" (2024).
 - PSPC: Niedoba et al., "Towards a mechanistic explanation of diffusion model generalization" (2025).
@@ -190,6 +191,8 @@ def scatter_mean(patches: torch.Tensor, index: torch.Tensor, shape) -> torch.Ten
 # the streamed posterior mean
 
 _LOG_FLOOR = {torch.float64: -600.0, torch.float32: -60.0, torch.float16: -8.0, torch.bfloat16: -60.0}
+LOG2E = 1.4426950408889634  # log₂ e: the logits are computed in base 2 (see stream_posterior_mean)
+ROW_BLOCK = 256  # query rows per block: enough for an efficient GEMM, few enough that a chunk spans many patches
 
 
 def augment(phi: torch.Tensor, log_count: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,42 +201,93 @@ def augment(phi: torch.Tensor, log_count: torch.Tensor | None = None) -> torch.T
     return torch.cat([phi, (phi * phi).sum(-1, keepdim=True), lc], dim=-1)
 
 
-def stream_posterior_mean(queries, inv_var, chunks) -> torch.Tensor:
+def stream_posterior_mean(queries, inv_var, chunks, *, phi_bound=None) -> torch.Tensor:
     """Σ_m c_m e^{−‖q − φ_m‖²/2σ²} v_m / Σ_m c_m e^{−‖q − φ_m‖²/2σ²} for every query row, streamed over chunks.
 
     queries [G, R, D]; inv_var [G or 1, R] = 1/σ² per row; chunks: iterable of (augment(φ, log c) [G, M, D+2],
-    v [G, M, K]) with multiplicities c (1 unless the bank was de-duplicated). The logits
-    ⟨q, φ⟩/σ² − ‖φ‖²/2σ² + log c (the row constant −‖q‖²/2σ² cancels) are one GEMM of [q/σ², −1/2σ², 1]
-    with the augmented patches; a running max makes the log-sum-exp exact (no overflow as σ → 0, no row
-    summing to zero). Weights below e^floor of a row's largest (floor = −600 in float64, −60 in float32) are
-    raised to e^floor, which keeps every product normal (denormal arithmetic is ~10× slower) and changes a
-    row by at most M·e^floor relative (≤ 1e-17 in float32 for M ≤ 1e9). Returns [G, R, K]."""
+    v [G, M, K]) with multiplicities c (1 unless the bank was de-duplicated); v may be a transposed view
+    (column-major: the faster layout for the second GEMM). The logits ℓ_m = ⟨q, φ_m⟩/σ² − ‖φ_m‖²/2σ² + log c_m
+    (the row constant −‖q‖²/2σ² cancels) are one GEMM of log₂e·[q/σ², −1/2σ², 1] with the augmented patches,
+    i.e. they come out in base 2, e^ℓ = 2^{ℓ·log₂e}, because torch's float64 exp2 is ~3× faster than exp.
+
+    phi_bound = (max ‖φ_m‖, max log c_m) over all chunks, when known, bounds every logit:
+    |ℓ_m| ≤ (‖q‖ + max ‖φ‖)²/2σ² + max log c, from 0 ≤ ‖q − φ‖² ≤ (‖q‖ + ‖φ‖)². When that is ≤ |floor| for
+    every row (σ not small against the patch norms) the weights e^ℓ are used as they are: they can neither
+    overflow nor be denormal, so each chunk is a GEMM, an exp2, a sum and a GEMM (`_unshifted`). Otherwise
+    (`_running_max`) a running max keeps the log-sum-exp exact as σ → 0 and raises weights below e^floor of
+    a row's largest to e^floor (floor = −600 in float64, −60 in float32). Returns [G, R, K]."""
     g, r, _ = queries.shape
     iv = inv_var.expand(g, r)[..., None]
-    q_aug = torch.cat([queries * iv, -0.5 * iv, torch.ones_like(iv)], dim=-1)             # [G, R, D+2]
-    floor = _LOG_FLOOR[queries.dtype] if queries.dtype in _LOG_FLOOR else -60.0
-    m = queries.new_full((g, r, 1), -math.inf)
-    acc = total = None
+    q_aug = torch.cat([queries * iv, -0.5 * iv, torch.ones_like(iv)], dim=-1).mul_(LOG2E)   # [G, R, D+2]
+    floor = _LOG_FLOOR.get(queries.dtype, -60.0)
+    if phi_bound is not None and queries.dtype in (torch.float32, torch.float64):  # half: M·e^|floor| overflows
+        phi_norm, log_count = phi_bound
+        max_logit = (queries.norm(dim=-1) + phi_norm).square_().mul_(iv[..., 0] / 2).add_(log_count)
+        if float(max_logit.amax()) <= -floor:
+            return _unshifted(q_aug, chunks)
+    return _running_max(q_aug, chunks, floor * LOG2E)
+
+
+def _unshifted(q_aug, chunks) -> torch.Tensor:
+    """Σ_m 2^{ℓ_m} v_m / Σ_m 2^{ℓ_m} with the base-2 logits ℓ = q_aug · φ_aug, for logits known to lie within
+    ±|floor| (in nats): no max, no shift, no rescaling. The weights are then normal numbers and the sums cannot
+    overflow (float64: e^600·M·|v| < 1e308 for M·|v| < 1e47; float32: e^60·M·|v| < 3e38 for M·|v| < 3e12,
+    and |v| ≤ max ‖φ‖ ≤ σ·√(2·60) there)."""
+    acc = total = buf = None
     for phi_aug, val in chunks:
-        # (with G = 1 a plain mm: bmm copies a transposed right operand, mm hands it to BLAS as is)
-        logits = torch.mm(q_aug[0], phi_aug[0].T)[None] if g == 1 else torch.bmm(q_aug, phi_aug.transpose(1, 2))
-        m_new = torch.maximum(m, logits.amax(-1, keepdim=True))                          # logits: [G, R, M]
-        w = logits.sub_(m_new).clamp_(min=floor).exp_()
-        s = w.sum(-1, keepdim=True)
-        part = torch.mm(w[0], val[0])[None] if g == 1 else torch.bmm(w, val)             # [G, R, K]
+        buf, logits = _logits(q_aug, phi_aug, buf)
+        w = logits.exp2_()
+        s, part = w.sum(-1, keepdim=True), _matmul(w, val)                                # [G, R, 1], [G, R, K]
+        acc, total = (part, s) if acc is None else (acc.add_(part), total.add_(s))
+    return acc / total
+
+
+def _running_max(q_aug, chunks, floor) -> torch.Tensor:
+    """Σ_m 2^{ℓ_m − m} v_m / Σ_m 2^{ℓ_m − m} with m the running max of the base-2 logits ℓ = q_aug · φ_aug: exact
+    for any σ (no overflow as σ → 0, no row summing to zero); the sums so far are rescaled by 2^{m_old − m}
+    when the max grows. Weights below 2^floor of a row's largest are raised to 2^floor, which keeps every
+    product normal (denormal arithmetic is ~10× slower) and changes a row by at most M·2^floor relative
+    (≤ 1e-17 in float32 for M ≤ 1e9)."""
+    g, r, _ = q_aug.shape
+    m = q_aug.new_full((g, r, 1), -math.inf)
+    acc = total = buf = None
+    for phi_aug, val in chunks:
+        buf, logits = _logits(q_aug, phi_aug, buf)
+        m_new = torch.maximum(m, logits.amax(-1, keepdim=True))
+        w = logits.sub_(m_new).clamp_(min=floor).exp2_()
+        s, part = w.sum(-1, keepdim=True), _matmul(w, val)
         if acc is None:
             acc, total = part, s
         else:
-            rescale = torch.exp(m - m_new)
+            rescale = torch.exp2(m - m_new)
             acc, total = torch.addcmul(part, acc, rescale), torch.addcmul(s, total, rescale)
         m = m_new
     return acc / total
 
 
+def _logits(q_aug, phi_aug, buf):
+    """q_aug [G, R, D+2] · φ_augᵀ → [G, R, M], written into `buf` (grown when too small and returned with the
+    logits): one buffer serves every chunk, so it stays in cache."""
+    g, r, _ = q_aug.shape
+    n = g * r * phi_aug.shape[1]
+    if buf is None or buf.numel() < n:
+        buf = q_aug.new_empty(n)
+    return buf, _matmul(q_aug, phi_aug.transpose(1, 2), out=buf[:n].view(g, r, -1))
+
+
+def _matmul(a, b, out=None):
+    """Batched a @ b (into out); with one group a plain mm (bmm copies a transposed right operand, mm hands it
+    to BLAS as is)."""
+    if a.shape[0] == 1:
+        return torch.mm(a[0], b[0], out=None if out is None else out[0])[None]
+    return torch.bmm(a, b, out=out)
+
+
 def _chunk_counts(g: int, rows: int, per_image: int, chunk_size: int) -> tuple[int, int]:
-    """Rows per query block and training images per chunk so that G·rows·images·per_image ≤ chunk_size."""
+    """Rows per query block (≤ ROW_BLOCK) and training images per chunk so that
+    G·rows·images·per_image ≤ chunk_size."""
     per_image = max(per_image, 1)
-    row_block = max(1, min(rows, chunk_size // (g * per_image)))
+    row_block = max(1, min(rows, ROW_BLOCK, chunk_size // (g * per_image)))
     images = max(1, chunk_size // (g * row_block * per_image))
     return row_block, images
 
@@ -357,9 +411,9 @@ class _PatchPosterior:
         """Row-blocked, chunk-streamed posterior mean of the patch values for one pool of positions."""
         g, rows, _ = queries.shape
         center = self._value_columns(p)
-        bank = None if grouped else self._bank(idx, p, pool)
+        bank = self._location_bank(idx, p) if grouped else self._bank(idx, p, pool)
         if bank is not None:
-            phi_aug, values = bank
+            phi_aug, values, phi_bound = bank
             row_block, per = _chunk_counts(g, rows, 1, self.chunk_size)
 
             def chunks():
@@ -367,6 +421,7 @@ class _PatchPosterior:
                     yield phi_aug[:, a:a + per], values[:, a:a + per]
         else:
             row_block, n_img = _chunk_counts(g, rows, 1 if grouped else idx.shape[0], self.chunk_size)
+            phi_bound = (self._max_abs() * math.sqrt(queries.shape[-1]), 0.0)  # ‖φ‖ ≤ √D·max|x|, c = 1
 
             def chunks():
                 for a in range(0, self.data_.shape[0], n_img):
@@ -377,12 +432,37 @@ class _PatchPosterior:
         parts = []
         for r0 in range(0, rows, row_block):
             parts.append(stream_posterior_mean(queries[:, r0:r0 + row_block], inv_var[:, r0:r0 + row_block],
-                                               chunks()))
+                                               chunks(), phi_bound=phi_bound))
         return torch.cat(parts, dim=1)
+
+    def _max_abs(self) -> float:
+        """max |x| over the training data (cached): bounds the norm of every training patch."""
+        if "max_abs" not in self._cache:
+            self._cache["max_abs"] = float(self.data_.abs().amax())
+        return self._cache["max_abs"]
+
+    def _location_bank(self, idx, p):
+        """LS: the training patches at each location, unfolded once and cached under the same conditions as
+        `_bank` (no de-duplication: every location keeps its own N patches, so the groups stay batched):
+        (augment(φ) [L, N, D+2], values [L, N, K], (max ‖φ‖, 0))."""
+        n_el = self.data_.shape[0] * idx.shape[0] * (idx.shape[1] * self.shape[0] + 2)
+        if not self.dedup or n_el > self.bank_limit:
+            return None
+        key = ("locations", p, self.border)
+        if key not in self._cache:
+            phi = gather_patches(self.data_, idx).transpose(0, 1)                  # [L, N, D]
+            center = self._value_columns(p)
+            phi_aug = augment(phi)
+            self._cache[key] = (phi_aug, (phi if center is None else phi[..., center]).contiguous(),
+                                (float(phi_aug[..., -2].amax().sqrt()), 0.0))
+        return self._cache[key]
 
     def _bank(self, idx, p, pool):
         """The pool's distinct training patches with their multiplicities (exact: a patch seen c times enters the
-        softmax with weight c), built once per (size, class) when it holds at most `bank_limit` elements."""
+        softmax with weight c), built once per (size, class) when it holds at most `bank_limit` elements:
+        (augment(φ, log c) [1, M, D+2], values [1, M, K], (max ‖φ‖, max log c)). The values are kept
+        column-major: chunks of them are the right operand of the second GEMM, which MKL runs up to 1.5× faster
+        in that layout than row-major for K = 25 (a 5×5 patch)."""
         n_el = self.data_.shape[0] * idx.shape[0] * (idx.shape[1] * self.shape[0] + 2)
         if not self.dedup or n_el > self.bank_limit:
             return None
@@ -391,8 +471,10 @@ class _PatchPosterior:
             phi = gather_patches(self.data_, idx).reshape(-1, idx.shape[1] * self.shape[0])
             uniq, counts = torch.unique(phi, dim=0, return_counts=True)
             center = self._value_columns(p)
-            self._cache[key] = (augment(uniq[None], counts.to(uniq).log()[None]),
-                                (uniq if center is None else uniq[:, center])[None])
+            values = uniq if center is None else uniq[:, center]
+            phi_aug = augment(uniq[None], counts.to(uniq).log()[None])
+            phi_bound = (float(phi_aug[..., -2].amax().sqrt()), float(phi_aug[..., -1].amax()))
+            self._cache[key] = (phi_aug, values.T.contiguous().T[None], phi_bound)
         return self._cache[key]
 
     def _value_columns(self, p):
