@@ -159,3 +159,25 @@ def test_frechet_distance_in_classifier_features_separates_noise():
     same = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     far = frechet_distance(a.mu, a.sigma, z.mu, z.sigma)
     assert 0 < same and far > 50 * same, (same, far)
+
+
+@needs_fashion
+def test_cli_metrics_fid_with_classifier_features(tmp_path, capsys):
+    """`scorelab metrics fid --features classifier` gives the Fréchet distance computed in Python."""
+    import numpy as np
+
+    from scorelab.cli import main
+
+    x = sl.data.load("fashion-mnist", split="test", limit=600)
+    samples = x[:300].flip(-1)                           # mirrored garments: a small, real distribution shift
+    np.save(tmp_path / "s.npy", samples.numpy())
+    assert main(["metrics", "fid", "--samples", str(tmp_path / "s.npy"), "--data", "fashion-mnist", "--split", "test",
+                 "--limit", "600", "--features", "classifier", "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    a, b = feature_stats(classifier_features(samples)), feature_stats(classifier_features(x))
+    assert r["features"] == "classifier" and r["fid"] == pytest.approx(frechet_distance(a.mu, a.sigma, b.mu, b.sigma),
+                                                                       rel=1e-6)
+    capsys.readouterr()
+    assert main(["metrics", "fid", "--samples", str(tmp_path / "s.npy"), "--data", "fashion-mnist", "--limit", "600",
+                 "--features", "classifier", "--classifier", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -51,7 +51,8 @@ def _run_stats(args) -> int:
 
 
 def _features(x, args, desc):
-    """Inception features of images (cached), or the flattened pixels with --features pixels."""
+    """Inception features of images (cached), the shipped Fashion-MNIST classifier's features (--features
+    classifier, or a classifier directory given as --classifier), or the flattened pixels (--features pixels)."""
     import torch
 
     from ..metrics.inception import check_images
@@ -60,6 +61,10 @@ def _features(x, args, desc):
     x = check_images(x, name=desc)
     if args.features == "pixels":
         return x.reshape(x.shape[0], -1).to(torch.float64)
+    if args.features == "classifier":
+        from ..metrics.classifier import ClassifierFeatures
+
+        return ClassifierFeatures(args.classifier, device=args.device)(x)
     return cached_image_features(x, batch_size=_positive(args.batch_size, "--batch-size"), device=args.device,
                                  desc=f"inception {desc}")
 
@@ -153,8 +158,12 @@ def register(sub) -> None:
     f.add_argument("--samples", required=True, metavar="FILE", help="samples [B, C, H, W] (.npy/.npz/.pt/.safetensors)")
     add_data_args(f)
     add_device_args(f)
-    f.add_argument("--features", default="inception", choices=["inception", "pixels"],
-                   help="feature space (default: inception; 'pixels' is fast and only for smoke tests)")
+    f.add_argument("--features", default="inception", choices=["inception", "classifier", "pixels"],
+                   help="feature space (default: inception; 'classifier': the Fashion-MNIST classifier's 128-d "
+                        "features, fast, for sweeps on 28x28 grayscale; 'pixels' only for smoke tests)")
+    f.add_argument("--classifier", default=None, metavar="DIR",
+                   help="classifier directory for --features classifier (default: the shipped "
+                        "models/fashion-mnist-classifier)")
     f.add_argument("--batch-size", type=int, default=16, help="Inception batch size (default: 16)")
     f.add_argument("--kid", action="store_true", help="also KID (unbiased, polynomial kernel, subsets)")
     f.add_argument("--kid-subsets", type=int, default=100)
