@@ -66,6 +66,24 @@ def fit_or_load(name, make, train, args):
     return model, seconds
 
 
+def plot_ev(rows: list[dict], labels: list[str], sigmas: list[float], out: str) -> list[str]:
+    """EV_s and EV_D vs σ, one line per model: bench/results/<out>_ev_s.png, <out>_ev_d.png (paths from the repo)."""
+    import os
+
+    from scorelab.report import save_line_plot
+
+    paths = []
+    for column, name, ylabel, ylim in [("ev_score", "ev_s", "EV_s (score space)", None),
+                                       ("ev_denoiser", "ev_d", "EV_D (denoiser space)", (-0.2, 1.02))]:
+        ys = {m: [next(r[column] for r in rows if r["model"] == m and r["sigma"] == s) for s in sigmas]
+              for m in labels}
+        path = RESULTS / f"{out}_{name}.png"
+        save_line_plot(sigmas, ys, path, xlabel="σ", ylabel=ylabel, logx=True, ylim=ylim,
+                       title=f"{ylabel} of closed-form models against the U-Net")
+        paths.append(os.path.relpath(path, RESULTS.parent.parent))
+    return paths
+
+
 def crossing(rows: list[dict], column: str, threshold: float):
     """Smallest σ with EV ≥ threshold at it and at every larger σ of the table (None: fails at the largest σ)."""
     best = None
@@ -141,8 +159,9 @@ def main():
     print(md_table(wide, list(wide[0].keys())))
     print("\nCrossing σ (smallest σ with EV ≥ threshold there and above):\n")
     print(md_table(crossings, list(crossings[0].keys())))
+    plots = plot_ev(rows, list(models), sigmas, args.out)
     write_result(args.out, dict(
-        name="explained", quick=args.quick, n=n, n_fit=n_fit, unet=unet_label, threads=args.threads,
+        name="explained", plots=plots, quick=args.quick, n=n, n_fit=n_fit, unet=unet_label, threads=args.threads,
         sigmas=sigmas, models=list(models), fit_seconds=fit_seconds, ev_seconds=round(ev_seconds, 1),
         rows=rows, crossings=crossings), command_line())
 

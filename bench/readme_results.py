@@ -212,6 +212,7 @@ def explained_section(d: dict) -> tuple[str, str]:
 
     per_model = "; ".join(f"{c['model']}: EV_s ≥ 0.99 {down_to(c, 'ev_s_099')}, EV_D ≥ 0.9 "
                           f"{down_to(c, 'ev_d_09')}" for c in d["crossings"])
+    lines += [""] + [f"![{p.rsplit('_', 1)[-1][:-4].upper()} vs σ]({p})" for p in d.get("plots", [])]
     verdict = ("**Explained variance (no numeric goal; crossing σ per model):** " + per_model +
                (" (quick run: small held-out set, models fitted on a subset)." if d.get("quick") else "."))
     return "\n".join(lines), verdict
