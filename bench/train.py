@@ -24,6 +24,8 @@ from scorelab._io import write_json
 from scorelab.nets import ARCHS, arch_config, build
 from scorelab.nets.precond import EDMPrecond, edm_loss_weight
 
+from common import RESULTS  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 
 class DiffusersNet(nn.Module):
     """F(x_in, c_noise) = UNet2DModel(x_in, 250·c_noise) (the time embedding expects a timestep-like scale)."""
@@ -70,7 +72,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps per architecture")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--archs", nargs="*", default=list(ARCHS) + ["diffusers-unet-small"])
-    p.add_argument("--out", default="bench/results/train.json")
+    p.add_argument("--out", default=str(RESULTS / "train.json"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
