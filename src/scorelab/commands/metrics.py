@@ -62,9 +62,9 @@ def _features(x, args, desc):
     if args.features == "pixels":
         return x.reshape(x.shape[0], -1).to(torch.float64)
     if args.features == "classifier":
-        from ..metrics.classifier import ClassifierFeatures
+        from ..metrics.classifier import default_extractor
 
-        return ClassifierFeatures(args.classifier, device=args.device)(x)
+        return default_extractor(args.classifier, device=args.device)(x)     # loaded once for samples and data
     return cached_image_features(x, batch_size=_positive(args.batch_size, "--batch-size"), device=args.device,
                                  desc=f"inception {desc}")
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .._checks import check_positive_int, check_tensor
 from .._io import load_state, save_state, write_json
+from .inception import quantize as inception_quantize
 
 __all__ = ["Classifier", "ClassifierFeatures", "classifier_features", "train_classifier", "save_classifier",
            "load_classifier", "accuracy", "DEFAULT_PATH", "SHAPE"]
@@ -56,8 +57,9 @@ def check_images(images, *, name: str = "images") -> torch.Tensor:
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """x ∈ [−1, 1] → round((x + 1)·127.5) / 127.5 − 1: the value an 8-bit PNG would hold (exact for Fashion-MNIST)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    """x ∈ [−1, 1] → round((x + 1)·127.5) / 127.5 − 1: the value an 8-bit PNG would hold (exact for Fashion-MNIST).
+    The pixel values u are Inception's (`inception.quantize`), mapped back to [−1, 1]."""
+    return inception_quantize(images).to(images.dtype) / 127.5 - 1
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
