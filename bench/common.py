@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import shutil
 import sys
 import time
 import types
@@ -19,7 +18,6 @@ ROOT = BENCH.parent
 # run never overwrites the full results the README is generated from).
 RESULTS = Path(os.environ.get("SCORELAB_BENCH_RESULTS") or BENCH / "results")
 UNET_DIR = ROOT / "models" / "fashion-mnist-unet"
-UNET_SNAPSHOT = Path("/work/runs/fashion-mnist-unet")
 
 
 def machine() -> dict:
@@ -46,21 +44,20 @@ def command_line() -> str:
 
 
 def unet_path(explicit: str | None = None) -> tuple[Path, str]:
-    """(directory, label) of the reference U-Net: `explicit`, else models/fashion-mnist-unet, else a copy in /tmp of
-    the training run's latest snapshot (copied first: the training job replaces its file while we would read it)."""
+    """(directory, label) of the reference U-Net: `explicit`, else the shipped models/fashion-mnist-unet."""
     if explicit:
         return Path(explicit), str(explicit)
     if (UNET_DIR / "model.safetensors").exists():
         return UNET_DIR, "models/fashion-mnist-unet"
-    if (UNET_SNAPSHOT / "model.safetensors").exists():
-        dst = Path("/tmp/scorelab-bench-unet")
-        dst.mkdir(exist_ok=True)
-        for name in ("model.safetensors", "config.json"):
-            shutil.copyfile(UNET_SNAPSHOT / name, dst / f".{name}.part")
-            os.replace(dst / f".{name}.part", dst / name)
-        stamp = time.strftime("%H:%M UTC", time.gmtime((UNET_SNAPSHOT / "model.safetensors").stat().st_mtime))
-        return dst, f"training snapshot of {stamp} ({UNET_SNAPSHOT})"
-    raise FileNotFoundError("no reference U-Net: neither models/fashion-mnist-unet nor /work/runs/fashion-mnist-unet")
+    raise FileNotFoundError("no reference U-Net: models/fashion-mnist-unet/model.safetensors is missing (pass --unet)")
+
+
+def unet_sha256(path: Path) -> str:
+    """sha256 of a model's weights file: which network a result was measured on."""
+    import hashlib
+
+    path = Path(path)
+    return hashlib.sha256((path / "model.safetensors" if path.is_dir() else path).read_bytes()).hexdigest()
 
 
 def load_unet(explicit: str | None = None, dtype=torch.float32):

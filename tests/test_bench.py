@@ -199,3 +199,20 @@ def test_teleport_skips_always_start_with_the_unskipped_run():
         tp.parse_headline("heun:18")
     with pytest.raises(ValueError, match="--configs"):
         tp.parse_configs("heun")
+
+
+def test_teleport_update_merges_solver_groups():
+    """`--update`: the groups run now replace theirs, the others are kept, the commands accumulate, and a run with
+    other shared settings (another network, n, features) is refused, naming the setting."""
+    tp = _load("teleport")
+    shared = dict(n=5000, features="classifier", seed=0, unet_sha256="ab", threshold=0.99, grid="k", quick=False)
+    row = lambda solver, steps, skip: dict(solver=solver, steps=steps, skip=skip, warm_history=False)  # noqa: E731
+    old = dict(shared, command="old", total_seconds=10.0,
+               rows=[row("heun", 18, 0.0), row("heun", 18, 0.3), row("unipc", 10, 0.0)])
+    new = dict(shared, total_seconds=5.0, rows=[row("unipc", 10, 0.0), row("unipc", 10, 0.2)])
+    merged = tp.merge(old, new, [("unipc", 10)])
+    assert [(r["solver"], r["skip"]) for r in merged["rows"]] == [("heun", 0.0), ("heun", 0.3), ("unipc", 0.0),
+                                                                 ("unipc", 0.2)]
+    assert merged["commands"][0] == "old" and len(merged["commands"]) == 2 and merged["total_seconds"] == 15.0
+    with pytest.raises(ValueError, match="'unet_sha256' differs"):
+        tp.merge(old, {**new, "unet_sha256": "cd"}, [("unipc", 10)])

@@ -238,3 +238,37 @@ def test_resume_tolerates_reduction_order_in_the_data_fingerprint(tmp_path):
     _check_resume({}, {}, fp, noisy)
     with pytest.raises(ValueError, match="field 'data' differs"):
         _check_resume({}, {}, fp, {**fp, "sum_sq": fp["sum_sq"] * (1 + 1e-6)})
+
+
+def test_init_warm_starts_from_a_saved_model(tmp_path):
+    """`init=` (CLI --init) starts a new run from a saved model's weights: step 0 reproduces the source exactly
+    (weights and EMA), the source is recorded with its sha256, a mismatched arch names the field, and resuming
+    with another init file is refused."""
+    data = _gaussian_data(300)
+    opts = dict(batch_size=64, warmup=5, checkpoint_every=10, log_every=10, progress=False, **MLP)
+    src = train(data, out=tmp_path / "src", steps=20, **opts)
+    # lr ≈ 0: the warm-started net is the source net (a random init would differ completely)
+    tiny = {**opts, "lr": 1e-30}
+    warm = train(data, out=tmp_path / "warm", steps=1, init=tmp_path / "src", **tiny)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(src.state_dict().values(), warm.state_dict().values()))
+    cold = train(data, steps=1, **tiny)
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(src.state_dict().values(), cold.state_dict().values()))
+    _, _, meta = load_state(tmp_path / "warm" / CHECKPOINT)
+    assert meta["init"]["path"] == str(tmp_path / "src") and len(meta["init"]["sha256"]) == 64
+    assert meta["init"]["training"]["steps"] == 20
+    assert sl.load_model(tmp_path / "warm") is not None
+    # continuing the warm run: same init accepted, another file refused, none keeps the record
+    train(data, out=tmp_path / "warm", steps=3, resume=True, init=tmp_path / "src", **tiny)
+    train(data, out=tmp_path / "warm", steps=4, resume=True, **tiny)
+    _, _, meta = load_state(tmp_path / "warm" / CHECKPOINT)
+    assert meta["init"]["path"] == str(tmp_path / "src")
+    train(data, out=tmp_path / "other", steps=1, **opts)
+    with pytest.raises(ValueError, match="field 'init' differs"):
+        train(data, out=tmp_path / "warm", steps=5, resume=True, init=tmp_path / "other", **tiny)
+    with pytest.raises(ValueError, match="config field 'width'"):
+        train(data, steps=1, init=tmp_path / "src", **{**opts, "net_options": {"width": 16, "depth": 2}})
+    with pytest.raises(FileNotFoundError, match="init"):
+        train(data, steps=1, init=tmp_path / "missing", **opts)
+    rc = cli_main(["train", "--data", "two-moons", "--arch", "mlp", "--steps", "1", "--out", str(tmp_path / "c"),
+                   "--init", str(tmp_path / "missing"), "--no-progress"])
+    assert rc == 2

@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--change", default="", metavar="FIELDS",
                    help="with --resume: comma-separated fields this run sets anew, a new training stage (lr, warmup, "
                         "lr_schedule, lr_min_ratio, grad_clip, ema_halflife_kimg, ema_rampup)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this saved model's weights (directory or .safetensors, same arch) with a fresh "
+                        "optimiser and schedule: continue a model whose run directory is gone")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
@@ -81,7 +84,7 @@ def _run(args) -> int:
                       conditional=args.conditional, seed=args.seed, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every)
     change = tuple(f.strip().replace("-", "_") for f in args.change.split(",") if f.strip())
-    model = train(x, out=args.out, labels=y, config=cfg, resume=args.resume, change=change,
+    model = train(x, out=args.out, labels=y, config=cfg, resume=args.resume, change=change, init=args.init,
                   progress=not args.no_progress, device=args.device, data_name=args.data)
     hist = model.training_["history"]
     print(json.dumps({"out": args.out, "arch": args.arch, "steps": args.steps,

@@ -9,7 +9,8 @@ EMA of the weights with a half-life in images (EDM's `ema_halflife_kimg`, ramped
 Every batch is a pure function of (seed, step): the data order is a per-epoch permutation and the noise comes
 from a generator seeded by the step, so a run resumed from a checkpoint continues exactly as if never stopped.
 Checkpoints (`checkpoint.safetensors`: weights, EMA, Adam state; `model.safetensors` + `config.json`: the EMA
-denoiser `load_model` reads) are written atomically every `checkpoint_every` steps.
+denoiser `load_model` reads) are written atomically every `checkpoint_every` steps. `init=` warm-starts a new run
+from a saved model's weights (a fresh optimiser and schedule: continuing a model whose run directory is gone).
 """
 from __future__ import annotations
 
@@ -173,21 +174,45 @@ def _save(out: Path, model, ema, opt, meta: dict) -> None:
             "wall_seconds": round(meta["wall_seconds"], 1), "final_loss": meta["history"][-1][1] if meta["history"] else None}
     from . import save_model
 
-    save_model(ema, out / MODEL, extra={"training": info})                 # loadable at any time
+    save_model(ema, out / MODEL, extra={"training": info, "init": meta.get("init")})   # loadable at any time
     write_json(out / CONFIG, {"model": ema.config, "train": meta["train"], "data": meta["data"], "training": info,
-                              "stages": meta.get("stages", []), "history": meta["history"]})
+                              "stages": meta.get("stages", []), "init": meta.get("init"), "history": meta["history"]})
     save_state(out / CHECKPOINT, tensors, kind=CKPT_KIND, config=meta)     # written last: the resume point
 
 
+def _init_record(init, model_cfg: dict) -> tuple[dict, dict]:
+    """Weights of the saved model `init` (directory or .safetensors) and the provenance record of the warm start."""
+    import hashlib
+
+    from .._io import load_state
+    from . import KIND
+
+    path = Path(init)
+    if path.is_dir():
+        path = path / MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"init {str(init)!r} does not exist (expected a model directory or .safetensors)")
+    tensors, _, saved = load_state(path, kind=KIND)
+    src = saved["model"]
+    for key in sorted(set(src) | set(model_cfg)):
+        if src.get(key) != model_cfg.get(key):
+            raise ValueError(f"init model's config field {key!r} is {src.get(key)!r}; this run's is "
+                             f"{model_cfg.get(key)!r} (same arch, net options, data shape and sigma_data needed)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return tensors, {"path": str(init), "sha256": digest, "training": saved.get("training")}
+
+
 def train(data, *, out=None, labels=None, config: TrainConfig | None = None, resume: bool = False,
-          change=(), progress: bool = True, device=None, data_name: str | None = None, **options):
+          change=(), init=None, progress: bool = True, device=None, data_name: str | None = None, **options):
     """Train a denoiser on `data` [N, *shape] (images in [-1, 1] or vectors); return the EMA model (eval mode).
 
     `config` or keyword `options` (fields of TrainConfig). With `out`, checkpoints go to that directory; with
     `resume=True` training continues from `out/checkpoint.safetensors` when present (the config must match,
     except steps / checkpoint_every / log_every; a mismatch raises ValueError naming the field). `change` names
     fields of STAGE_FIELDS (learning rate, its schedule, clipping, EMA length) that this resumed run sets anew:
-    a new stage, recorded in the checkpoint's `stages`."""
+    a new stage, recorded in the checkpoint's `stages`. `init` (a model directory or .safetensors of the same arch)
+    starts the weights and EMA from that model instead of random ones; recorded as `init` (path, sha256) in the
+    checkpoint and config.json. A resumed run ignores `init` unless it names a different file (ValueError)."""
     from tqdm.auto import tqdm
 
     from . import arch_config, build
@@ -223,6 +248,10 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
     meta = {"train": _train_dict(cfg), "data": _fingerprint(data, labels), "data_name": data_name, "step": 0,
             "wall_seconds": 0.0, "history": []}
+    if init is not None:
+        weights, meta["init"] = _init_record(init, model_cfg)
+        model.load_state_dict(weights)
+        ema.load_state_dict(weights)
 
     out = Path(out) if out is not None else None
     if out is not None and out.is_dir():
@@ -234,6 +263,10 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
                              "it or choose another directory")
         tensors, _, saved = load_state(out / CHECKPOINT, kind=CKPT_KIND)
         _check_resume(saved["train"], meta["train"], saved["data"], meta["data"], change)
+        if init is not None and (saved.get("init") or {}).get("sha256") != meta["init"]["sha256"]:
+            raise ValueError(f"cannot resume: field 'init' differs (checkpoint started from "
+                             f"{(saved.get('init') or {}).get('path')!r}, this run names {str(init)!r})")
+        meta["init"] = saved.get("init")
         stages = list(saved.get("stages", []))
         changed = {k: [saved["train"].get(k), meta["train"][k]] for k in change
                    if saved["train"].get(k) != meta["train"][k]}
