@@ -158,8 +158,10 @@ def peers_section(d: dict) -> tuple[str, str]:
 
 def teleport_section(d: dict) -> tuple[str, str]:
     fid = d.get("features") != "none"
+    commands = d.get("commands") or [d["command"]]
     lines = ["### Teleportation on the U-Net", "",
-             f"`{d['command']}` — {machine_line(d)}; U-Net: {d.get('unet')}; {d['n']} samples per run, paired seeds; "
+             " then ".join(f"`{c}`" for c in commands) +
+             f" — {machine_line(d)}; U-Net: {d.get('unet')}; {d['n']} samples per run, paired seeds; "
              f"metric: {d.get('metric') or 'none (proxy only)'}; total {d.get('total_seconds')} s", ""]
     if not fid:
         lines += ["**No FID in this run.** `proxy_rms` is the RMS pixel distance of each skipped run to the unskipped "

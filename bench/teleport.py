@@ -216,6 +216,9 @@ def main():
     unet_sha = unet_sha256(unet_path(args.unet)[0])
     if args.compile:
         net = torch.compile(net, dynamic=False)
+        with torch.no_grad():  # compile now, so that no run's wall time includes it
+            sl.sample(net, n=args.batch_size, sigmas=sl.schedules.karras(2), solver="heun",
+                      batch_size=args.batch_size, progress=False)
     train, test = fashion_mnist("train"), fashion_mnist("test")
     g = sl.Gaussian.fit(train)
     skip_data = test[-args.skip_data:]
