@@ -215,7 +215,8 @@ def main():
     net, unet_label = load_unet(args.unet)
     unet_sha = unet_sha256(unet_path(args.unet)[0])
     if args.compile:
-        net = torch.compile(net, dynamic=False)
+        # the raw network, where σ enters as a tensor (c_noise), not a float: one graph serves every σ
+        net.net = torch.compile(net.net, dynamic=False)
         with torch.no_grad():  # compile now, so that no run's wall time includes it
             sl.sample(net, n=args.batch_size, sigmas=sl.schedules.karras(2), solver="heun",
                       batch_size=args.batch_size, progress=False)
