@@ -54,10 +54,9 @@ def unet_path(explicit: str | None = None) -> tuple[Path, str]:
 
 def unet_sha256(path: Path) -> str:
     """sha256 of a model's weights file: which network a result was measured on."""
-    import hashlib
+    import scorelab as sl
 
-    path = Path(path)
-    return hashlib.sha256((path / "model.safetensors" if path.is_dir() else path).read_bytes()).hexdigest()
+    return sl.nets.model_sha256(path)
 
 
 def load_unet(explicit: str | None = None, dtype=torch.float32):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._io import load_state
 
-__all__ = ["ARCHS", "build", "load_model", "train", "TrainConfig", "EDMPrecond", "from_diffusers"]
+__all__ = ["ARCHS", "build", "load_model", "model_sha256", "train", "TrainConfig", "EDMPrecond", "from_diffusers"]
 
 KIND = "edm-net"
 
@@ -55,16 +55,28 @@ def build(config: dict):
     return EDMPrecond(net, sigma_data=sigma_data, shape=shape, n_classes=n_classes, config=config)
 
 
+def model_file(path, name: str = "path") -> Path:
+    """The weights file of a saved model: `path` itself, or `path`/model.safetensors for a directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} {str(path)!r} does not exist (expected a model directory or .safetensors)")
+    return path
+
+
+def model_sha256(path) -> str:
+    """sha256 of a saved model's weights file: which network a result or a warm start came from."""
+    import hashlib
+
+    return hashlib.sha256(model_file(path).read_bytes()).hexdigest()
+
+
 def load_model(path, device=None, dtype=None):
     """A trained denoiser from a directory holding model.safetensors (+ config.json), or from the file itself.
 
     Returns an eval-mode EDMPrecond with frozen (EMA) weights: D(x, σ[, class_labels]), `shape_`, `sigma_data`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"path {str(path)!r} does not exist (expected a model directory or .safetensors)")
-    tensors, _, config = load_state(path, kind=KIND)
+    tensors, _, config = load_state(model_file(path), kind=KIND)
     model = build(config["model"])
     model.load_state_dict(tensors)
     model = model.eval().requires_grad_(False)

@@ -182,23 +182,16 @@ def _save(out: Path, model, ema, opt, meta: dict) -> None:
 
 def _init_record(init, model_cfg: dict) -> tuple[dict, dict]:
     """Weights of the saved model `init` (directory or .safetensors) and the provenance record of the warm start."""
-    import hashlib
+    from . import KIND, model_file, model_sha256
 
-    from .._io import load_state
-    from . import KIND
-
-    path = Path(init)
-    if path.is_dir():
-        path = path / MODEL
-    if not path.is_file():
-        raise FileNotFoundError(f"init {str(init)!r} does not exist (expected a model directory or .safetensors)")
+    path = model_file(init, name="init")
     tensors, _, saved = load_state(path, kind=KIND)
     src = saved["model"]
     for key in sorted(set(src) | set(model_cfg)):
         if src.get(key) != model_cfg.get(key):
             raise ValueError(f"init model's config field {key!r} is {src.get(key)!r}; this run's is "
                              f"{model_cfg.get(key)!r} (same arch, net options, data shape and sigma_data needed)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = model_sha256(path)
     return tensors, {"path": str(init), "sha256": digest, "training": saved.get("training")}
 
 
