@@ -52,13 +52,6 @@ def unet_path(explicit: str | None = None) -> tuple[Path, str]:
     raise FileNotFoundError("no reference U-Net: models/fashion-mnist-unet/model.safetensors is missing (pass --unet)")
 
 
-def unet_sha256(path: Path) -> str:
-    """sha256 of a model's weights file: which network a result was measured on."""
-    import scorelab as sl
-
-    return sl.nets.model_sha256(path)
-
-
 def load_unet(explicit: str | None = None, dtype=torch.float32):
     import scorelab as sl
 

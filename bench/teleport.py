@@ -35,8 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, command_line, fashion_mnist, load_unet, md_table, unet_path, unet_sha256,  # noqa: E402
-                    write_result)
+from common import RESULTS, command_line, fashion_mnist, load_unet, md_table, unet_path, write_result  # noqa: E402
 
 import scorelab as sl  # noqa: E402
 
@@ -200,7 +199,7 @@ def main():
     ap.add_argument("--update", action="store_true",
                     help="merge into bench/results/OUT.json: replace the rows of the solvers run now, keep the others")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the U-Net (about 1.3x faster on this CPU after a minute of compiling; "
+                    help="torch.compile the U-Net's raw network (about 1.3x faster on this CPU after a minute of compiling; "
                          "outputs equal to float32 rounding); use a --batch-size that divides --n")
     ap.add_argument("--inception", default="", metavar="RUNS",
                     help="headline runs that also get Inception FID, solver:steps:skip[:warm] comma-separated (e.g. "
@@ -213,7 +212,7 @@ def main():
     configs, skips = parse_configs(args.configs), parse_skips(args.skips)
 
     net, unet_label = load_unet(args.unet)
-    unet_sha = unet_sha256(unet_path(args.unet)[0])
+    unet_sha = sl.nets.model_sha256(unet_path(args.unet)[0])
     if args.compile:
         # the raw network, where σ enters as a tensor (c_noise), not a float: one graph serves every σ
         net.net = torch.compile(net.net, dynamic=False)
