@@ -52,11 +52,23 @@ def timed(fn, repeat=1):
 
 
 def part_speed(train, test, args):
-    """Vectorised vs loop reference on the same noisy test images."""
-    data = train[:args.speed_data].double()
+    """Vectorised vs loop reference on the same noisy test images, for each training-set size in --speed-data."""
     gen = torch.Generator().manual_seed(0)
     x = test[:args.speed_images].double()
     x = x + 0.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    rows = []
+    for n_data in args.speed_data:
+        rows += speed_rows(train[:n_data].double(), x, args)
+    print("\n### Vectorised vs loop reference (float64, σ = 0.5)\n")
+    print("| model | P | train images | images | vectorised (CPU s) | loop (CPU s) | speed-up | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['patch']} | {r['n_data']} | {r['images']} | {r['vectorised_s']} | {r['loop_s']} "
+              f"| {r['speedup']}× | {r['max_abs_diff']:.1e} |")
+    return rows
+
+
+def speed_rows(data, x, args):
     rows = []
     cases = [("ELS", ELS, ref.els_loop, dict(equivariant=True, border="circular")),
              ("bbELS (zero border)", ELS, ref.els_loop, dict(equivariant=True, border="zero")),
@@ -69,12 +81,6 @@ def part_speed(train, test, args):
         rows.append(dict(model=name, patch=args.speed_patch, n_data=data.shape[0], images=x.shape[0],
                          vectorised_s=round(t_fast, 3), loop_s=round(t_slow, 2), speedup=round(t_slow / t_fast, 1),
                          max_abs_diff=float((fast - slow).abs().max())))
-    print("\n### Vectorised vs loop reference (float64, σ = 0.5)\n")
-    print("| model | P | train images | images | vectorised (CPU s) | loop (CPU s) | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['patch']} | {r['n_data']} | {r['images']} | {r['vectorised_s']} | {r['loop_s']} "
-              f"| {r['speedup']}× | {r['max_abs_diff']:.1e} |")
     return rows
 
 
@@ -137,8 +143,10 @@ def part_fidelity(train, test, args):
     els = ELS(train, 3, n_data=args.n_data, border=args.border)
     grid = sl.schedules.karras(18)[:-1]
     sig = [float(s) for s in grid[::args.sigma_stride]]
+    suffix = "" if args.key == "fidelity" else "_" + args.key.removeprefix("fidelity_")
+    stem = Path(args.out).stem + suffix
     cal = calibrate_patch_size(els, unet, test[:args.cal_images], sig, patch_sizes=args.patch_sizes,
-                               path=Path(args.out).with_name(Path(args.out).stem + "_calibration.json"))
+                               path=Path(args.out).with_name(stem + "_calibration.json"))
     print("\n### Patch-size calibration (median per-image r² vs the U-Net)\n")
     print(cal.table())
     model = els.with_patch_size(cal.schedule)
@@ -153,7 +161,7 @@ def part_fidelity(train, test, args):
     a, _ = heun_with_log(model, args.traj_n, 7, sigmas)
     b, _ = heun_with_log(unet, args.traj_n, 7, sigmas)
     traj_r2 = per_image_r2(a, b)
-    pairs = Path(args.out).with_name(Path(args.out).stem + "_els_vs_unet.png")
+    pairs = Path(args.out).with_name(stem + "_els_vs_unet.png")
     save_grid(torch.cat([a[:8], b[:8]]), pairs, nrow=min(8, len(a)), scale=2)
     print("\n### ELS (calibrated) vs U-Net: median per-image r² of the denoiser output\n")
     print("| σ | P | median r² |")
@@ -162,7 +170,7 @@ def part_fidelity(train, test, args):
         print(f"| {r['sigma']:.3g} | {r['patch']} | {r['median_r2']:.3f} |")
     print(f"\nWhole Heun-18 trajectories from the same noise ({args.traj_n} seeds): median per-image r² of the "
           f"final samples = {float(torch.quantile(traj_r2, 0.5)):.3f}")
-    return dict(unet=str(unet_path), n_data=model.data_.shape[0], border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
+    return dict(unet=str(unet_path), unet_sha256=sl.nets.model_sha256(unet_path), n_data=model.data_.shape[0], border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
                 trajectory_median_r2=float(torch.quantile(traj_r2, 0.5)),
                 trajectory_r2=[float(v) for v in traj_r2], pairs_grid=str(pairs))
 
@@ -173,7 +181,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-data", type=int, default=256, help="training images for sampling and fidelity")
     ap.add_argument("--border", default="zero", choices=["circular", "zero"])
-    ap.add_argument("--speed-data", type=int, default=50)
+    ap.add_argument("--speed-data", type=lambda t: [int(v) for v in t.split(",")], default=[50, 200],
+                    help="training-set sizes of the speed comparison, comma-separated (default: 50,200)")
     ap.add_argument("--speed-images", type=int, default=2)
     ap.add_argument("--speed-patch", type=int, default=5)
     ap.add_argument("--sample-n", type=int, default=64)
@@ -186,6 +195,9 @@ def main():
     ap.add_argument("--sigma-stride", type=int, default=2, help="calibrate on every k-th σ of the Karras-18 grid")
     ap.add_argument("--patch-sizes", type=int, nargs="+", default=[3, 5, 7, 9, 11, 15, 21])
     ap.add_argument("--unet", default=str(UNET), help="reference network directory (default: %(default)s)")
+    ap.add_argument("--key", default="fidelity",
+                    help="results key of the fidelity part, e.g. fidelity_conv for another reference network; its "
+                         "calibration JSON and sample pairs get the same suffix (default: %(default)s)")
     ap.add_argument("--out", default=str(RESULTS / "local.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,7 +220,7 @@ def main():
     if "fidelity" in parts:
         fid = part_fidelity(train, test, args)
         if fid is not None:
-            results["fidelity"] = fid
+            results[args.key] = fid
     write_json(out_path, results)
     print(f"\nwrote {out_path}")
 

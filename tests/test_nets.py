@@ -1,6 +1,8 @@
 """EDM preconditioning, the MLP / U-Net denoisers, save / load_model."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -125,3 +127,21 @@ def test_build_rejects_bad_config():
         build({**arch_config("unet-tiny"), "shape": [2], "sigma_data": 0.5})
     with pytest.raises(ValueError, match="sigma_data"):
         build({**arch_config("mlp"), "shape": [2], "sigma_data": -1.0})
+
+
+def test_attention_free_unet_from_the_cli(tmp_path):
+    """`--attn-levels --no-mid-attention` trains a purely convolutional U-Net; load_model rebuilds it as such."""
+    from scorelab.cli import main as cli_main
+    from scorelab.nets.unet import Attention
+
+    data = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "d.npy", data.numpy())
+    rc = cli_main(["train", "--data", str(tmp_path / "d.npy"), "--arch", "unet-tiny", "--channels", "8", "8",
+                   "--attn-levels", "--no-mid-attention", "--steps", "2", "--batch-size", "8", "--out",
+                   str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    net = load_model(tmp_path / "run")
+    assert net.config["attn_levels"] == [] and net.config["mid_attention"] is False
+    assert not any(isinstance(m, Attention) for m in net.modules())
+    with_attn = _model("unet-tiny", (1, 8, 8), channels=[8, 8])
+    assert sum(isinstance(m, Attention) for m in with_attn.modules()) == 1   # the middle block's, by default

@@ -44,6 +44,11 @@ def register(sub) -> None:
     p.add_argument("--sigma-data", type=float, default=None, help="default: the data's standard deviation")
     p.add_argument("--channels", type=int, nargs="+", default=None, help="U-Net channels per level (override)")
     p.add_argument("--num-blocks", type=int, default=None, help="U-Net residual blocks per level (override)")
+    p.add_argument("--attn-levels", type=int, nargs="*", default=None, metavar="LEVEL",
+                   help="U-Net levels with self-attention (override; the flag alone: none, a purely convolutional "
+                        "network when combined with --no-mid-attention)")
+    p.add_argument("--no-mid-attention", dest="mid_attention", action="store_const", const=False, default=None,
+                   help="U-Net without the self-attention layer in the middle block (override)")
     p.add_argument("--width", type=int, default=None, help="MLP width (override)")
     p.add_argument("--depth", type=int, default=None, help="MLP residual layers (override)")
     p.add_argument("--conditional", action="store_true", help="class-conditional (data with labels)")
@@ -74,7 +79,9 @@ def _run(args) -> int:
             raise ValueError(f"--threads must be >= 1; got {args.threads}")
         torch.set_num_threads(args.threads)
     x, y = _load_data(args)
-    overrides = {"channels": args.channels, "num_blocks": args.num_blocks, "width": args.width, "depth": args.depth}
+    overrides = {"channels": args.channels, "num_blocks": args.num_blocks,
+                 "attn_levels": args.attn_levels,
+                 "mid_attention": args.mid_attention, "width": args.width, "depth": args.depth}
     cfg = TrainConfig(arch=args.arch, net_options={k: v for k, v in overrides.items() if v is not None},
                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                       lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,

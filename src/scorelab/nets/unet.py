@@ -56,10 +56,11 @@ class Attention(nn.Module):
 
 class UNet(nn.Module):
     """`channels[i]` feature maps at resolution H / 2^i, `num_blocks` residual blocks per level on the way down
-    (num_blocks + 1 on the way up), attention at the levels in `attn_levels` and in the middle."""
+    (num_blocks + 1 on the way up), attention at the levels in `attn_levels` and, if `mid_attention`, in the
+    middle (attn_levels=() and mid_attention=False: a purely convolutional network)."""
 
     def __init__(self, in_channels: int = 1, channels=(32, 64, 64), num_blocks: int = 1, attn_levels=(2,),
-                 dropout: float = 0.0, n_classes: int = 0):
+                 dropout: float = 0.0, n_classes: int = 0, mid_attention: bool = True):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         emb_dim = 4 * channels[0]
@@ -77,7 +78,8 @@ class UNet(nn.Module):
             if level < len(channels) - 1:
                 self.down.append(nn.AvgPool2d(2))
                 skip_ch.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)])
+        mid_attn = [Attention(ch)] if mid_attention else []
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), *mid_attn, ResBlock(ch, ch, emb_dim, dropout)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(channels))):
             cout = channels[level]
