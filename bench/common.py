@@ -44,7 +44,11 @@ def command_line() -> str:
 
 
 def unet_path(explicit: str | None = None) -> tuple[Path, str]:
-    """(directory, label) of the reference U-Net: `explicit`, else the shipped models/fashion-mnist-unet."""
+    """(directory, label) of the reference U-Net: `explicit`, else the shipped models/fashion-mnist-unet.
+    `explicit` may name an earlier version of a model committed to this repository, DIR@REV (e.g.
+    models/fashion-mnist-unet@873d414): its files are read from git into a cache directory."""
+    if explicit and "@" in str(explicit):
+        return model_at_revision(*str(explicit).rsplit("@", 1)), str(explicit)
     if explicit:
         return Path(explicit), str(explicit)
     if (UNET_DIR / "model.safetensors").exists():
@@ -57,6 +61,27 @@ def load_unet(explicit: str | None = None, dtype=torch.float32):
 
     path, label = unet_path(explicit)
     return sl.load_model(path, dtype=dtype), label
+
+
+def model_at_revision(directory: str, rev: str) -> Path:
+    """model.safetensors + config.json of repository directory `directory` at git revision `rev`, extracted once
+    into ~/.cache/scorelab/models/<rev>/<directory> (atomically: temp file + rename)."""
+    import subprocess
+
+    out = Path.home() / ".cache" / "scorelab" / "models" / rev / directory
+    for name in ("config.json", "model.safetensors"):
+        target = out / name
+        if target.exists():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{directory}/{name}"], capture_output=True)
+        if res.returncode != 0:
+            raise FileNotFoundError(f"--unet {directory}@{rev}: git cannot read {directory}/{name} at {rev}: "
+                                    f"{res.stderr.decode().strip()}")
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(res.stdout)
+        tmp.replace(target)
+    return out
 
 
 def fashion_mnist(split: str, n: int | None = None) -> torch.Tensor:

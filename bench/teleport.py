@@ -80,14 +80,19 @@ _INCEPTION: dict = {}
 SHARED = ("n", "features", "seed", "unet_sha256", "threshold", "grid", "quick")
 
 
-def merge(old: dict, new: dict, configs) -> dict:
-    """`new` plus the rows of `old` whose solver/steps were not run now; ValueError naming a differing setting."""
+def merge(old: dict, new: dict) -> dict:
+    """`new` plus the rows of `old` that were not run now (a row is a solver, steps, skip and warm_history; the
+    unskipped run of a solver is always rerun, and its images, from the same seeds, are the same);
+    ValueError naming a differing setting."""
     for key in SHARED:
         if old.get(key) != new.get(key):
             raise ValueError(f"--update: setting {key!r} differs from the existing results ({old.get(key)!r} vs "
                              f"{new.get(key)!r}); rerun those solvers or write elsewhere (--out)")
-    done = {(s, n) for s, n in configs}
-    kept = [r for r in old["rows"] if (r["solver"], r["steps"]) not in done]
+    def key(r):
+        return r["solver"], r["steps"], str(r["skip"]), bool(r["warm_history"])
+
+    done = {key(r) for r in new["rows"]}
+    kept = [r for r in old["rows"] if key(r) not in done]
     commands = old.get("commands") or [old.get("command")]
     return {**new, "rows": kept + new["rows"], "commands": commands + [command_line()],
             "total_seconds": round(old.get("total_seconds", 0) + new["total_seconds"], 1)}
@@ -197,7 +202,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="teleport")
     ap.add_argument("--update", action="store_true",
-                    help="merge into bench/results/OUT.json: replace the rows of the solvers run now, keep the others")
+                    help="merge into bench/results/OUT.json: replace the rows run now (solver, steps, skip, warm), keep the others")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the U-Net's raw network (about 1.3x faster on this CPU after a minute of compiling; "
                          "outputs equal to float32 rounding); use a --batch-size that divides --n")
@@ -289,7 +294,7 @@ def main():
         plot=os.path.relpath(png, RESULTS.parent.parent), rows=rows)
     existing = RESULTS / f"{args.out}.json"
     if args.update and existing.exists():
-        result = merge(json.loads(existing.read_text()), result, configs)
+        result = merge(json.loads(existing.read_text()), result)
     rows = result["rows"]
     result["verdicts"] = verdict = verdicts(rows, has_fid)
     print(f"## Teleportation on the U-Net ({unet_label}), n = {n}, features: {features}\n")

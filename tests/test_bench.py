@@ -201,18 +201,41 @@ def test_teleport_skips_always_start_with_the_unskipped_run():
         tp.parse_configs("heun")
 
 
-def test_teleport_update_merges_solver_groups():
-    """`--update`: the groups run now replace theirs, the others are kept, the commands accumulate, and a run with
-    other shared settings (another network, n, features) is refused, naming the setting."""
+def test_teleport_update_merges_rows():
+    """`--update`: the rows run now (solver, steps, skip, warm) replace theirs, the others are kept, the commands
+    accumulate, and a run with other shared settings (another network, n, features) is refused, naming it."""
     tp = _load("teleport")
     shared = dict(n=5000, features="classifier", seed=0, unet_sha256="ab", threshold=0.99, grid="k", quick=False)
-    row = lambda solver, steps, skip: dict(solver=solver, steps=steps, skip=skip, warm_history=False)  # noqa: E731
+    row = lambda solver, steps, skip, warm=False, fid=1.0: dict(solver=solver, steps=steps, skip=skip,  # noqa: E731
+                                                                warm_history=warm, fid=fid)
     old = dict(shared, command="old", total_seconds=10.0,
-               rows=[row("heun", 18, 0.0), row("heun", 18, 0.3), row("unipc", 10, 0.0)])
-    new = dict(shared, total_seconds=5.0, rows=[row("unipc", 10, 0.0), row("unipc", 10, 0.2)])
-    merged = tp.merge(old, new, [("unipc", 10)])
-    assert [(r["solver"], r["skip"]) for r in merged["rows"]] == [("heun", 0.0), ("heun", 0.3), ("unipc", 0.0),
-                                                                 ("unipc", 0.2)]
+               rows=[row("heun", 18, 0.0), row("heun", 18, 0.3), row("unipc", 10, 0.0), row("unipc", 10, 0.2),
+                     row("unipc", 10, 0.2, True), row("unipc", 10, "auto")])
+    new = dict(shared, total_seconds=5.0, rows=[row("unipc", 10, 0.0, fid=2.0), row("unipc", 10, 0.2, fid=2.0)])
+    merged = tp.merge(old, new)
+    got = sorted((r["solver"], str(r["skip"]), r["warm_history"], r["fid"]) for r in merged["rows"])
+    assert got == [("heun", "0.0", False, 1.0), ("heun", "0.3", False, 1.0), ("unipc", "0.0", False, 2.0),
+                   ("unipc", "0.2", False, 2.0), ("unipc", "0.2", True, 1.0), ("unipc", "auto", False, 1.0)]
     assert merged["commands"][0] == "old" and len(merged["commands"]) == 2 and merged["total_seconds"] == 15.0
     with pytest.raises(ValueError, match="'unet_sha256' differs"):
-        tp.merge(old, {**new, "unet_sha256": "cd"}, [("unipc", 10)])
+        tp.merge(old, {**new, "unet_sha256": "cd"})
+
+
+def test_unet_at_a_git_revision(tmp_path, monkeypatch):
+    """--unet DIR@REV reads an earlier committed version of a model from git (the teleportation sweep keeps the
+    network it started with while the shipped one moves on)."""
+    import subprocess
+
+    common = _load("common")
+    root = BENCH.parent
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path, label = common.unet_path("models/fashion-mnist-unet@HEAD")
+    assert label == "models/fashion-mnist-unet@HEAD" and path.is_relative_to(tmp_path)
+    committed = subprocess.run(["git", "-C", str(root), "show", "HEAD:models/fashion-mnist-unet/config.json"],
+                               capture_output=True, check=True).stdout
+    assert (path / "config.json").read_bytes() == committed
+    assert sl.load_model(path).shape_ == (1, 28, 28)
+    with pytest.raises(FileNotFoundError, match="no-such-revision"):
+        common.unet_path("models/fashion-mnist-unet@no-such-revision")
