@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--sigma-min", type=float, default=d.sigma_min)
     p.add_argument("--sigma-max", type=float, default=d.sigma_max)
     p.add_argument("--sigma-data", type=float, default=None, help="default: the data's standard deviation")
+    p.add_argument("--gaussian-skip", dest="skip", action="store_const", const="gaussian", default=d.skip,
+                   help="D = D_Gauss(x, σ) + c_out·F: the skip term is the denoiser of the Gaussian fitted to the "
+                        "data (stored with the model), so the network learns only the non-Gaussian part")
     p.add_argument("--channels", type=int, nargs="+", default=None, help="U-Net channels per level (override)")
     p.add_argument("--num-blocks", type=int, default=None, help="U-Net residual blocks per level (override)")
     p.add_argument("--attn-levels", type=int, nargs="*", default=None, metavar="LEVEL",
@@ -87,7 +90,7 @@ def _run(args) -> int:
                       lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
                       grad_clip=args.grad_clip, ema_halflife_kimg=args.ema_halflife_kimg,
                       p_mean=args.p_mean, p_std=args.p_std, uniform_fraction=args.uniform_fraction,
-                      sigma_min=args.sigma_min, sigma_max=args.sigma_max, sigma_data=args.sigma_data,
+                      sigma_min=args.sigma_min, sigma_max=args.sigma_max, sigma_data=args.sigma_data, skip=args.skip,
                       conditional=args.conditional, seed=args.seed, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every)
     change = tuple(f.strip().replace("-", "_") for f in args.change.split(",") if f.strip())

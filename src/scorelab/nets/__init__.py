@@ -34,7 +34,8 @@ def arch_config(arch: str, **overrides) -> dict:
 
 
 def build(config: dict):
-    """An (untrained) EDMPrecond from a model config {net, shape, sigma_data, n_classes, **net options}."""
+    """An (untrained) EDMPrecond from a model config {net, shape, sigma_data, n_classes[, skip], **net options}
+    (skip "gaussian": the Gaussian-skip denoiser, its statistics zero until set_gaussian or load_state_dict)."""
     from .mlp import MLP
     from .precond import EDMPrecond
     from .unet import UNet
@@ -42,6 +43,7 @@ def build(config: dict):
     cfg = dict(config)
     kind, shape = cfg.pop("net"), tuple(cfg.pop("shape"))
     sigma_data, n_classes = cfg.pop("sigma_data"), int(cfg.pop("n_classes", 0))
+    skip = cfg.pop("skip", "edm")
     if kind == "mlp":
         if len(shape) != 1:
             raise ValueError(f"arch 'mlp' needs vector data [N, d]; got sample shape {shape}")
@@ -52,7 +54,7 @@ def build(config: dict):
         net = UNet(shape[0], n_classes=n_classes, **cfg)
     else:
         raise ValueError(f"config 'net' must be 'mlp' or 'unet'; got {kind!r}")
-    return EDMPrecond(net, sigma_data=sigma_data, shape=shape, n_classes=n_classes, config=config)
+    return EDMPrecond(net, sigma_data=sigma_data, shape=shape, n_classes=n_classes, config=config, skip=skip)
 
 
 def model_file(path, name: str = "path") -> Path:

@@ -59,6 +59,7 @@ class TrainConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     sigma_data: float | None = None                   # None: the data's standard deviation
+    skip: str = "edm"                                 # "gaussian": D = D_Gauss(x, σ) + c_out·F (see nets/precond.py)
     conditional: bool = False
     label_dropout: float = 0.1                        # conditional: fraction of labels replaced by "no label"
     seed: int = 0
@@ -82,6 +83,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0; got {v!r}")
         if not self.sigma_max > self.sigma_min:
             raise ValueError(f"sigma_max must be > sigma_min={self.sigma_min}; got {self.sigma_max}")
+        if self.skip not in ("edm", "gaussian"):
+            raise ValueError(f"skip must be 'edm' or 'gaussian'; got {self.skip!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant'; got {self.lr_schedule!r}")
         check_fraction(self.lr_min_ratio, name="lr_min_ratio")
@@ -152,10 +155,11 @@ def _same_fingerprint_value(a, b) -> bool:
 
 
 def _check_resume(saved: dict, new: dict, saved_fp: dict, new_fp: dict, change=()) -> None:
+    defaults = dataclasses.asdict(TrainConfig())   # fields added since the checkpoint was written: their default
     for key in sorted(set(saved) | set(new)):
         if key in RESUMABLE_FIELDS or key in change:
             continue
-        if saved.get(key) != new.get(key):
+        if saved.get(key, defaults.get(key)) != new.get(key):
             hint = f"; pass change=({key!r},) (--change {key}) to start a new stage" if key in STAGE_FIELDS else ""
             raise ValueError(f"cannot resume: config field {key!r} differs (checkpoint has {saved.get(key)!r}, "
                              f"this run has {new.get(key)!r}){hint}")
@@ -231,9 +235,15 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     n_classes = int(labels.max()) + 1 if labels is not None else 0
     model_cfg = {**arch_config(cfg.arch, **cfg.net_options), "shape": list(data.shape[1:]),
                  "sigma_data": cfg.sigma_data, "n_classes": n_classes}
+    if cfg.skip != "edm":
+        model_cfg["skip"] = cfg.skip
 
     torch.manual_seed(cfg.seed)
     model = build(model_cfg).to(device)
+    if cfg.skip == "gaussian":
+        from ..models.gaussian import Gaussian
+
+        model.set_gaussian(Gaussian.fit(data))
     ema = build(model_cfg).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
