@@ -22,20 +22,32 @@ import scorelab as sl
 from scorelab._io import write_json
 
 
-def mse_per_sigma(denoiser, x0, sigmas, *, chunk=250, seed=0):
-    """[len(sigmas)] mean squared error per dimension, same noise for every model (seeded)."""
+def errors_per_sigma(denoiser, x0, sigmas, *, chunk=250, seed=0):
+    """[len(sigmas)] tensors [N]: each sample's squared error per dimension, same noise for every model (seeded)."""
     out = []
     for s in sigmas:
         g = torch.Generator().manual_seed(seed)
-        tot = 0.0
+        errs = []
         for i in range(0, len(x0), chunk):
             xb = x0[i:i + chunk]
             noise = torch.randn(xb.shape, generator=g)
             with torch.no_grad():
                 d = denoiser(xb + float(s) * noise, float(s))
-            tot += float(((d.double() - xb.double()) ** 2).sum())
-        out.append(tot / x0.numel())
+            errs.append(((d.double() - xb.double()) ** 2).reshape(len(xb), -1).mean(1))
+        out.append(torch.cat(errs))
     return out
+
+
+def mse_per_sigma(denoiser, x0, sigmas, **kwargs):
+    """[len(sigmas)] mean squared error per dimension, same noise for every model (seeded)."""
+    return [float(e.mean()) for e in errors_per_sigma(denoiser, x0, sigmas, **kwargs)]
+
+
+def paired_difference(e_net: torch.Tensor, e_ref: torch.Tensor) -> tuple[float, float, float]:
+    """Mean of the per-sample differences e_net − e_ref (same x0 and noise) and its normal 95% interval."""
+    d = e_net - e_ref
+    half = 1.96 * float(d.std()) / len(d) ** 0.5
+    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half
 
 
 def main(argv=None):
@@ -57,20 +69,25 @@ def main(argv=None):
     gauss = sl.Gaussian.fit(train)
     sigmas = sl.schedules.karras(18, 0.002, 80.0, 7.0)[:-1]
     x0 = test[:a.n]
-    mse_net = mse_per_sigma(net, x0, sigmas)
-    mse_g = mse_per_sigma(gauss, x0, sigmas)
-    rows = [{"sigma": round(float(s), 4), "mse_net": m, "mse_gauss": g, "ratio": m / g, "ok": m <= g}
-            for s, m, g in zip(sigmas, mse_net, mse_g)]
+    rows = []
+    for s, e_net, e_g in zip(sigmas, errors_per_sigma(net, x0, sigmas), errors_per_sigma(gauss, x0, sigmas)):
+        m, g = float(e_net.mean()), float(e_g.mean())
+        diff, low, high = paired_difference(e_net, e_g)
+        rows.append({"sigma": round(float(s), 4), "mse_net": m, "mse_gauss": g, "ratio": m / g, "ok": m <= g,
+                     "diff": diff, "diff_low": low, "diff_high": high})
     print(f"Denoiser MSE per dimension on {len(x0)} held-out {a.data} samples ({model_dir.name} vs Gaussian fitted "
           f"to the train split); bar: net ≤ Gaussian at every σ — {'met' if all(r['ok'] for r in rows) else 'NOT met'} "
           f"({sum(r['ok'] for r in rows)}/{len(rows)} σ)\n")
-    print("| σ | MSE net | MSE Gaussian | net / Gaussian | ≤ |")
-    print("|---:|---:|---:|---:|:-:|")
+    print("| σ | MSE net | MSE Gaussian | net / Gaussian | net − Gaussian, 95% interval (paired) | ≤ |")
+    print("|---:|---:|---:|---:|---:|:-:|")
     for r in rows:
-        print(f"| {r['sigma']:g} | {r['mse_net']:.4g} | {r['mse_gauss']:.4g} | {r['ratio']:.3f} | {'✓' if r['ok'] else '✗'} |")
+        print(f"| {r['sigma']:g} | {r['mse_net']:.4g} | {r['mse_gauss']:.4g} | {r['ratio']:.4f} | {r['diff']:.2e} "
+              f"[{r['diff_low']:.2e}, {r['diff_high']:.2e}] | {'✓' if r['ok'] else '✗'} |")
+    worse = [r["sigma"] for r in rows if r["diff_low"] > 0]
+    print(f"\nσ where the net is measurably worse (interval above 0): {worse or 'none'}")
 
     res = {"model": str(model_dir), "data": a.data, "n_heldout": len(x0), "rows": rows,
-           "bar_mse_met": all(r["ok"] for r in rows)}
+           "bar_mse_met": all(r["ok"] for r in rows), "measurably_worse_sigmas": worse}
     grid = sl.schedules.karras(18)
     s = sl.sample(net, n=a.grid, sigmas=grid, solver="heun", seed=0, batch_size=64)
     if s.images.ndim == 4:
