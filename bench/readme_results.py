@@ -171,7 +171,9 @@ def teleport_section(d: dict) -> tuple[str, str]:
         cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]
     if any("inception_fid" in r for r in d["rows"]):
         cols += ["inception_fid", "inception_fid_diff", "inception_fid_diff_low", "inception_fid_diff_high"]
-    lines.append(md_table([{k: _fmt(r.get(k)) for k in cols} for r in d["rows"]], cols))
+    rows = sorted(d["rows"], key=lambda r: (r["solver"], r["steps"], bool(r["warm_history"]), r["skip"] == "auto",
+                                            0.0 if r["skip"] == "auto" else float(r["skip"])))
+    lines.append(md_table([{k: _fmt(r.get(k)) for k in cols} for r in rows], cols))
     if d.get("plot"):
         lines += ["", f"![{'FID' if fid else 'proxy'} vs NFE]({d['plot']})"]
     if fid:

@@ -80,6 +80,12 @@ _INCEPTION: dict = {}
 SHARED = ("n", "features", "seed", "unet_sha256", "threshold", "grid", "quick")
 
 
+def row_order(r: dict):
+    """Table order: solver, steps, plain before warm history, skip ascending with 'auto' last."""
+    skip = r["skip"]
+    return r["solver"], r["steps"], bool(r["warm_history"]), skip == "auto", 0.0 if skip == "auto" else float(skip)
+
+
 def merge(old: dict, new: dict) -> dict:
     """`new` plus the rows of `old` that were not run now (a row is a solver, steps, skip and warm_history; the
     unskipped run of a solver is always rerun, and its images, from the same seeds, are the same);
@@ -94,7 +100,7 @@ def merge(old: dict, new: dict) -> dict:
     done = {key(r) for r in new["rows"]}
     kept = [r for r in old["rows"] if key(r) not in done]
     commands = old.get("commands") or [old.get("command")]
-    return {**new, "rows": kept + new["rows"], "commands": commands + [command_line()],
+    return {**new, "rows": sorted(kept + new["rows"], key=row_order), "commands": commands + [command_line()],
             "total_seconds": round(old.get("total_seconds", 0) + new["total_seconds"], 1)}
 
 
