@@ -36,8 +36,21 @@ def test_fashion_mnist_unet_denoises_test_images():
     assert gains[1] < g_gain[0] and gains[2] < g_gain[1], (gains, g_gain)   # and better than the Gaussian
 
 
+@pytest.mark.skipif(not FASHION.exists(), reason="apt-get install dataset-fashion-mnist")
+def test_convolutional_unet_has_no_attention_and_denoises():
+    """models/fashion-mnist-unet-conv, the locality reference of the ELS fidelity study: no self-attention."""
+    from scorelab.nets.unet import Attention
+
+    net = sl.load_model(MODELS / "fashion-mnist-unet-conv")
+    assert not any(isinstance(m, Attention) for m in net.modules())
+    x0 = sl.data.load("fashion-mnist", split="test", limit=64)
+    gains = _denoising_gain(net, x0, [0.05, 0.5, 2.0, 10.0])
+    assert all(0 < r < 0.7 for r in gains), gains
+
+
 def test_two_moons_mlp_denoises():
     net = sl.load_model(MODELS / "two-moons-mlp")
+    assert net.skip == "gaussian"
     x0 = sl.data.load("two-moons")[:512]
     gains = _denoising_gain(net, x0.float(), [0.1, 0.3, 1.0])   # the moons are ~0.1 thick: little to gain below
     assert all(0 < r < 0.9 for r in gains) and gains[-1] < 0.4, gains
