@@ -170,7 +170,9 @@ def part_fidelity(train, test, args):
         print(f"| {r['sigma']:.3g} | {r['patch']} | {r['median_r2']:.3f} |")
     print(f"\nWhole Heun-18 trajectories from the same noise ({args.traj_n} seeds): median per-image r² of the "
           f"final samples = {float(torch.quantile(traj_r2, 0.5)):.3f}")
-    return dict(unet=str(unet_path), unet_sha256=sl.nets.model_sha256(unet_path), n_data=model.data_.shape[0], border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
+    root = Path(__file__).resolve().parent.parent
+    label = os.path.relpath(unet_path.resolve(), root) if unet_path.resolve().is_relative_to(root) else str(unet_path)
+    return dict(unet=label, unet_sha256=sl.nets.model_sha256(unet_path), n_data=model.data_.shape[0], border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
                 trajectory_median_r2=float(torch.quantile(traj_r2, 0.5)),
                 trajectory_r2=[float(v) for v in traj_r2], pairs_grid=str(pairs))
 
