@@ -80,10 +80,25 @@ _INCEPTION: dict = {}
 SHARED = ("n", "features", "seed", "unet_sha256", "threshold", "grid", "quick")
 
 
+def row_key(r: dict) -> tuple:
+    """A run's identity in the table: solver, steps, skip, warm history."""
+    return r["solver"], r["steps"], str(r["skip"]), bool(r["warm_history"])
+
+
 def row_order(r: dict):
     """Table order: solver, steps, plain before warm history, skip ascending with 'auto' last."""
     skip = r["skip"]
     return r["solver"], r["steps"], bool(r["warm_history"]), skip == "auto", 0.0 if skip == "auto" else float(skip)
+
+
+def carry_inception(old_rows: list[dict], new_rows: list[dict]) -> None:
+    """Rerun rows keep the Inception FID measured on their first run (same network, seeds and grid: the same
+    images up to float rounding) unless this run measured it again (--inception)."""
+    before = {row_key(r): r for r in old_rows}
+    for r in new_rows:
+        prev = before.get(row_key(r), {})
+        if "inception_fid" in prev and "inception_fid" not in r:
+            r.update({k: v for k, v in prev.items() if k.startswith("inception_")})
 
 
 def merge(old: dict, new: dict) -> dict:
@@ -94,11 +109,9 @@ def merge(old: dict, new: dict) -> dict:
         if old.get(key) != new.get(key):
             raise ValueError(f"--update: setting {key!r} differs from the existing results ({old.get(key)!r} vs "
                              f"{new.get(key)!r}); rerun those solvers or write elsewhere (--out)")
-    def key(r):
-        return r["solver"], r["steps"], str(r["skip"]), bool(r["warm_history"])
-
-    done = {key(r) for r in new["rows"]}
-    kept = [r for r in old["rows"] if key(r) not in done]
+    done = {row_key(r) for r in new["rows"]}
+    kept = [r for r in old["rows"] if row_key(r) not in done]
+    carry_inception(old["rows"], new["rows"])
     commands = old.get("commands") or [old.get("command")]
     return {**new, "rows": sorted(kept + new["rows"], key=row_order), "commands": commands + [command_line()],
             "total_seconds": round(old.get("total_seconds", 0) + new["total_seconds"], 1)}

@@ -211,11 +211,13 @@ def test_teleport_update_merges_rows():
     old = dict(shared, command="old", total_seconds=10.0,
                rows=[row("heun", 18, 0.0), row("heun", 18, 0.3), row("unipc", 10, 0.0), row("unipc", 10, 0.2),
                      row("unipc", 10, 0.2, True), row("unipc", 10, "auto")])
+    old["rows"][2]["inception_fid"] = 20.0                      # measured on the first run of unipc 10, skip 0
     new = dict(shared, total_seconds=5.0, rows=[row("unipc", 10, 0.0, fid=2.0), row("unipc", 10, 0.2, fid=2.0)])
     merged = tp.merge(old, new)
     got = [(r["solver"], str(r["skip"]), r["warm_history"], r["fid"]) for r in merged["rows"]]
     assert got == [("heun", "0.0", False, 1.0), ("heun", "0.3", False, 1.0), ("unipc", "0.0", False, 2.0),  # table order
                    ("unipc", "0.2", False, 2.0), ("unipc", "auto", False, 1.0), ("unipc", "0.2", True, 1.0)]
+    assert merged["rows"][2]["inception_fid"] == 20.0 and "inception_fid" not in merged["rows"][3]  # carried over
     assert merged["commands"][0] == "old" and len(merged["commands"]) == 2 and merged["total_seconds"] == 15.0
     with pytest.raises(ValueError, match="'unet_sha256' differs"):
         tp.merge(old, {**new, "unet_sha256": "cd"})
