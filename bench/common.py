@@ -63,6 +63,12 @@ def load_unet(explicit: str | None = None, dtype=torch.float32):
     return sl.load_model(path, dtype=dtype), label
 
 
+def teleport_row_order(r: dict):
+    """Table order of teleport.json rows: solver, steps, plain before warm history, skip ascending, 'auto' last."""
+    skip = r["skip"]
+    return r["solver"], r["steps"], bool(r["warm_history"]), skip == "auto", 0.0 if skip == "auto" else float(skip)
+
+
 def model_at_revision(directory: str, rev: str) -> Path:
     """model.safetensors + config.json of repository directory `directory` at git revision `rev`, extracted once
     into ~/.cache/scorelab/models/<rev>/<directory> (atomically: temp file + rename)."""

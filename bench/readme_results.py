@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, md_table  # noqa: E402
+from common import RESULTS, ROOT, md_table, teleport_row_order  # noqa: E402
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 DEDICATED = {"peers", "teleport", "explained", "run_all", "run_all_quick"}
@@ -171,8 +171,7 @@ def teleport_section(d: dict) -> tuple[str, str]:
         cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]
     if any("inception_fid" in r for r in d["rows"]):
         cols += ["inception_fid", "inception_fid_diff", "inception_fid_diff_low", "inception_fid_diff_high"]
-    rows = sorted(d["rows"], key=lambda r: (r["solver"], r["steps"], bool(r["warm_history"]), r["skip"] == "auto",
-                                            0.0 if r["skip"] == "auto" else float(r["skip"])))
+    rows = sorted(d["rows"], key=teleport_row_order)
     lines.append(md_table([{k: _fmt(r.get(k)) for k in cols} for r in rows], cols))
     if d.get("plot"):
         lines += ["", f"![{'FID' if fid else 'proxy'} vs NFE]({d['plot']})"]

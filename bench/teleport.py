@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command_line, fashion_mnist, load_unet, md_table, unet_path, write_result  # noqa: E402
+from common import (RESULTS, command_line, fashion_mnist, load_unet, md_table, teleport_row_order,  # noqa: E402
+                    unet_path, write_result)
 
 import scorelab as sl  # noqa: E402
 
@@ -85,12 +86,6 @@ def row_key(r: dict) -> tuple:
     return r["solver"], r["steps"], str(r["skip"]), bool(r["warm_history"])
 
 
-def row_order(r: dict):
-    """Table order: solver, steps, plain before warm history, skip ascending with 'auto' last."""
-    skip = r["skip"]
-    return r["solver"], r["steps"], bool(r["warm_history"]), skip == "auto", 0.0 if skip == "auto" else float(skip)
-
-
 def carry_inception(old_rows: list[dict], new_rows: list[dict]) -> None:
     """Rerun rows keep the Inception FID measured on their first run (same network, seeds and grid: the same
     images up to float rounding) unless this run measured it again (--inception)."""
@@ -113,7 +108,7 @@ def merge(old: dict, new: dict) -> dict:
     kept = [r for r in old["rows"] if row_key(r) not in done]
     carry_inception(old["rows"], new["rows"])
     commands = old.get("commands") or [old.get("command")]
-    return {**new, "rows": sorted(kept + new["rows"], key=row_order), "commands": commands + [command_line()],
+    return {**new, "rows": sorted(kept + new["rows"], key=teleport_row_order), "commands": commands + [command_line()],
             "total_seconds": round(old.get("total_seconds", 0) + new["total_seconds"], 1)}
 
 

@@ -83,8 +83,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0; got {v!r}")
         if not self.sigma_max > self.sigma_min:
             raise ValueError(f"sigma_max must be > sigma_min={self.sigma_min}; got {self.sigma_max}")
-        if self.skip not in ("edm", "gaussian"):
-            raise ValueError(f"skip must be 'edm' or 'gaussian'; got {self.skip!r}")
+        from .precond import SKIPS
+
+        if self.skip not in SKIPS:
+            raise ValueError(f"skip must be one of {SKIPS}; got {self.skip!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant'; got {self.lr_schedule!r}")
         check_fraction(self.lr_min_ratio, name="lr_min_ratio")
