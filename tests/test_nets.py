@@ -145,3 +145,49 @@ def test_attention_free_unet_from_the_cli(tmp_path):
     assert not any(isinstance(m, Attention) for m in net.modules())
     with_attn = _model("unet-tiny", (1, 8, 8), channels=[8, 8])
     assert sum(isinstance(m, Attention) for m in with_attn.modules()) == 1   # the middle block's, by default
+
+
+@pytest.mark.parametrize("num_blocks", [0, 2])
+def test_local_convnet_sees_exactly_its_receptive_field(num_blocks):
+    """An output pixel of convnet-local depends on exactly the (2·(2·num_blocks + 2) + 1)² input square around
+    it: the autograd Jacobian row is non-zero there and exactly zero outside."""
+    m = _model("convnet-local", (1, 20, 20), width=6, num_blocks=num_blocks)
+    rf = m.net.receptive_field
+    assert rf == 2 * (2 * num_blocks + 2) + 1
+    x = torch.randn(1, 1, 20, 20, dtype=torch.float64, requires_grad=True)
+    m(x, torch.tensor([0.7], dtype=torch.float64))[0, 0, 10, 10].backward()
+    g = x.grad[0, 0].abs()
+    r = rf // 2
+    inside = torch.zeros_like(g, dtype=torch.bool)
+    inside[10 - r:10 + r + 1, 10 - r:10 + r + 1] = True
+    assert (g[~inside] == 0).all()
+    assert (g[inside] > 0).float().mean() > 0.9    # every pixel of the square reaches the output (generic weights)
+    assert g[10 - r, 10 - r] > 0 and g[10 + r, 10 + r] > 0
+
+
+def test_circular_local_convnet_is_translation_equivariant():
+    """border='circular': D(shift(x)) = shift(D(x)) exactly, as the circular ELS it is compared with."""
+    m = _model("convnet-local", (1, 12, 12), width=6, num_blocks=1, border="circular")
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    s = torch.full((3,), 0.9, dtype=torch.float64)
+    shifted = m(torch.roll(x, (3, -5), dims=(2, 3)), s)
+    torch.testing.assert_close(shifted, torch.roll(m(x, s), (3, -5), dims=(2, 3)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="border"):
+        _model("convnet-local", (1, 12, 12), border="reflect")
+
+
+def test_local_convnet_from_the_cli(tmp_path):
+    """`scorelab train --arch convnet-local --width --num-blocks --border` trains and reloads the local network."""
+    from scorelab.cli import main as cli_main
+
+    data = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "d.npy", data.numpy())
+    rc = cli_main(["train", "--data", str(tmp_path / "d.npy"), "--arch", "convnet-local", "--width", "8",
+                   "--num-blocks", "1", "--border", "circular", "--steps", "2", "--batch-size", "8", "--out",
+                   str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    net = load_model(tmp_path / "run")
+    assert net.config["net"] == "local" and net.config["width"] == 8 and net.config["border"] == "circular"
+    assert net.net.receptive_field == 9
+    with pytest.raises(ValueError, match="image data"):
+        _model("convnet-local", (4,))

@@ -46,14 +46,17 @@ def register(sub) -> None:
                    help="D = D_Gauss(x, σ) + c_out·F: the skip term is the denoiser of the Gaussian fitted to the "
                         "data (stored with the model), so the network learns only the non-Gaussian part")
     p.add_argument("--channels", type=int, nargs="+", default=None, help="U-Net channels per level (override)")
-    p.add_argument("--num-blocks", type=int, default=None, help="U-Net residual blocks per level (override)")
+    p.add_argument("--num-blocks", type=int, default=None, 
+                   help="U-Net residual blocks per level, or convnet-local residual blocks (override)")
     p.add_argument("--attn-levels", type=int, nargs="*", default=None, metavar="LEVEL",
                    help="U-Net levels with self-attention (override; the flag alone: none, a purely convolutional "
                         "network when combined with --no-mid-attention)")
     p.add_argument("--no-mid-attention", dest="mid_attention", action="store_const", const=False, default=None,
                    help="U-Net without the self-attention layer in the middle block (override)")
-    p.add_argument("--width", type=int, default=None, help="MLP width (override)")
+    p.add_argument("--width", type=int, default=None, help="MLP width or convnet-local channels (override)")
     p.add_argument("--depth", type=int, default=None, help="MLP residual layers (override)")
+    p.add_argument("--border", choices=["zero", "circular"], default=None,
+                   help="convnet-local image border: zero padding or circular (override)")
     p.add_argument("--conditional", action="store_true", help="class-conditional (data with labels)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS")
@@ -84,7 +87,8 @@ def _run(args) -> int:
     x, y = _load_data(args)
     overrides = {"channels": args.channels, "num_blocks": args.num_blocks,
                  "attn_levels": args.attn_levels,
-                 "mid_attention": args.mid_attention, "width": args.width, "depth": args.depth}
+                 "mid_attention": args.mid_attention, "width": args.width, "depth": args.depth,
+                 "border": args.border}
     cfg = TrainConfig(arch=args.arch, net_options={k: v for k, v in overrides.items() if v is not None},
                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                       lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,

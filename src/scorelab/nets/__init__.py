@@ -20,6 +20,8 @@ ARCHS = {
     "unet-tiny": {"net": "unet", "channels": [16, 32, 32], "num_blocks": 1, "attn_levels": []},
     "unet-small": {"net": "unet", "channels": [32, 64, 64], "num_blocks": 1, "attn_levels": [2]},
     "unet-medium": {"net": "unet", "channels": [48, 96, 96], "num_blocks": 2, "attn_levels": [2]},
+    # local, convolution-only (receptive field 17×17, zero padding): the network ELS is meant to predict
+    "convnet-local": {"net": "local", "width": 48, "num_blocks": 3, "border": "zero"},
 }
 
 
@@ -36,6 +38,7 @@ def arch_config(arch: str, **overrides) -> dict:
 def build(config: dict):
     """An (untrained) EDMPrecond from a model config {net, shape, sigma_data, n_classes[, skip], **net options}
     (skip "gaussian": the Gaussian-skip denoiser, its statistics zero until set_gaussian or load_state_dict)."""
+    from .localnet import LocalConvNet
     from .mlp import MLP
     from .precond import EDMPrecond
     from .unet import UNet
@@ -52,8 +55,12 @@ def build(config: dict):
         if len(shape) != 3:
             raise ValueError(f"a U-Net arch needs image data [N, C, H, W]; got sample shape {shape}")
         net = UNet(shape[0], n_classes=n_classes, **cfg)
+    elif kind == "local":
+        if len(shape) != 3:
+            raise ValueError(f"a convnet arch needs image data [N, C, H, W]; got sample shape {shape}")
+        net = LocalConvNet(shape[0], n_classes=n_classes, **cfg)
     else:
-        raise ValueError(f"config 'net' must be 'mlp' or 'unet'; got {kind!r}")
+        raise ValueError(f"config 'net' must be 'mlp', 'unet' or 'local'; got {kind!r}")
     return EDMPrecond(net, sigma_data=sigma_data, shape=shape, n_classes=n_classes, config=config, skip=skip)
 
 
