@@ -140,7 +140,10 @@ def part_fidelity(train, test, args):
         return None
     net = sl.load_model(unet_path)
     unet = lambda x, s: net(x.float(), s)  # noqa: E731
-    els = ELS(train, 3, n_data=args.n_data, border=args.border)
+    if args.els_data == "first":    # the images `scorelab train --limit N` trains on
+        els = ELS(train[:args.n_data], 3, border=args.border)
+    else:                            # a random subset (seed 0) of the whole split
+        els = ELS(train, 3, n_data=args.n_data, border=args.border)
     grid = sl.schedules.karras(18)[:-1]
     sig = [float(s) for s in grid[::args.sigma_stride]]
     suffix = "" if args.key == "fidelity" else "_" + args.key.removeprefix("fidelity_")
@@ -172,7 +175,8 @@ def part_fidelity(train, test, args):
           f"final samples = {float(torch.quantile(traj_r2, 0.5)):.3f}")
     root = Path(__file__).resolve().parent.parent
     label = os.path.relpath(unet_path.resolve(), root) if unet_path.resolve().is_relative_to(root) else str(unet_path)
-    return dict(unet=label, unet_sha256=sl.nets.model_sha256(unet_path), n_data=model.data_.shape[0], border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
+    return dict(unet=label, unet_sha256=sl.nets.model_sha256(unet_path), n_data=model.data_.shape[0],
+                els_data=args.els_data, border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
                 trajectory_median_r2=float(torch.quantile(traj_r2, 0.5)),
                 trajectory_r2=[float(v) for v in traj_r2], pairs_grid=str(pairs))
 
@@ -183,6 +187,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-data", type=int, default=256, help="training images for sampling and fidelity")
     ap.add_argument("--border", default="zero", choices=["circular", "zero"])
+    ap.add_argument("--els-data", default="subset", choices=["subset", "first"],
+                    help="fidelity: ELS's training images, a random --n-data subset of the train split (seed 0) or "
+                         "its first --n-data images (those a network trained with --limit N saw)")
     ap.add_argument("--speed-data", type=lambda t: [int(v) for v in t.split(",")], default=[50, 200],
                     help="training-set sizes of the speed comparison, comma-separated (default: 50,200)")
     ap.add_argument("--speed-images", type=int, default=2)
