@@ -241,3 +241,31 @@ def test_unet_at_a_git_revision(tmp_path, monkeypatch):
     assert sl.load_model(path).shape_ == (1, 28, 28)
     with pytest.raises(FileNotFoundError, match="no-such-revision"):
         common.unet_path("models/fashion-mnist-unet@no-such-revision")
+
+
+def test_teleport_base_run_cached_by_key(tmp_path, monkeypatch):
+    """The unskipped run is computed once per key and then read back (same images, marked cached); another key
+    (e.g. another network or step count) recomputes; the cache file is written whole (no temp file left)."""
+    from types import SimpleNamespace
+
+    tp = _load("teleport")
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    calls = []
+
+    def run(value):
+        def fn():
+            calls.append(value)
+            return SimpleNamespace(images=torch.full((2, 1, 3, 3), value), nfe=7, seconds=1.5, skip_index=0,
+                                   sigma_skip=None)
+        return fn
+
+    key = dict(unet_sha256="abc", solver="heun", steps=4, n=2, seed=0, batch_size=2, compile=False)
+    first = tp.cached_base_run(run(1.0), key)
+    again = tp.cached_base_run(run(2.0), key)
+    other = tp.cached_base_run(run(3.0), {**key, "steps": 5})
+    assert calls == [1.0, 3.0]
+    assert not first.cached and again.cached and not other.cached
+    assert torch.equal(again.images, first.images) and again.nfe == 7 and again.seconds == 1.5
+    assert torch.equal(other.images, torch.full((2, 1, 3, 3), 3.0))
+    files = list((tmp_path / ".cache" / "scorelab" / "teleport").iterdir())
+    assert len(files) == 2 and not any(f.name.endswith(".tmp") for f in files)
