@@ -48,6 +48,18 @@ def test_convolutional_unet_has_no_attention_and_denoises():
     assert all(0 < r < 0.7 for r in gains), gains
 
 
+@pytest.mark.skipif(not FASHION.exists(), reason="apt-get install dataset-fashion-mnist")
+def test_local_convnet_is_local_and_denoises():
+    """models/fashion-mnist-convnet-local, the ELS study's local network: 17×17 receptive field, no GroupNorm,
+    no attention, and a real denoiser of Fashion-MNIST at every noise level tried."""
+    net = sl.load_model(MODELS / "fashion-mnist-convnet-local")
+    assert net.config["net"] == "local" and net.net.receptive_field == 17
+    assert not any(isinstance(m, (torch.nn.GroupNorm, torch.nn.MultiheadAttention)) for m in net.modules())
+    x0 = sl.data.load("fashion-mnist", split="test", limit=64)
+    gains = _denoising_gain(net, x0, [0.05, 0.5, 2.0, 10.0])
+    assert all(0 < r < 0.9 for r in gains), gains
+
+
 def test_two_moons_mlp_denoises():
     net = sl.load_model(MODELS / "two-moons-mlp")
     assert net.skip == "gaussian"
