@@ -191,3 +191,10 @@ def test_local_convnet_from_the_cli(tmp_path):
     assert net.net.receptive_field == 9
     with pytest.raises(ValueError, match="image data"):
         _model("convnet-local", (4,))
+
+
+def test_net_option_of_another_architecture_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"\['border'\].*'unet'"):
+        _model("unet-tiny", (1, 8, 8), border="circular")
+    with pytest.raises(ValueError, match=r"\['channels'\].*'local'"):
+        _model("convnet-local", (1, 8, 8), channels=[8, 8])

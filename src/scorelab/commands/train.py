@@ -46,7 +46,7 @@ def register(sub) -> None:
                    help="D = D_Gauss(x, σ) + c_out·F: the skip term is the denoiser of the Gaussian fitted to the "
                         "data (stored with the model), so the network learns only the non-Gaussian part")
     p.add_argument("--channels", type=int, nargs="+", default=None, help="U-Net channels per level (override)")
-    p.add_argument("--num-blocks", type=int, default=None, 
+    p.add_argument("--num-blocks", type=int, default=None,
                    help="U-Net residual blocks per level, or convnet-local residual blocks (override)")
     p.add_argument("--attn-levels", type=int, nargs="*", default=None, metavar="LEVEL",
                    help="U-Net levels with self-attention (override; the flag alone: none, a purely convolutional "

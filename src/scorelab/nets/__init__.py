@@ -47,6 +47,14 @@ def build(config: dict):
     kind, shape = cfg.pop("net"), tuple(cfg.pop("shape"))
     sigma_data, n_classes = cfg.pop("sigma_data"), int(cfg.pop("n_classes", 0))
     skip = cfg.pop("skip", "edm")
+    classes = {"mlp": MLP, "unet": UNet, "local": LocalConvNet}
+    if kind in classes:
+        import inspect
+
+        takes = set(inspect.signature(classes[kind]).parameters) - {"dim", "in_channels", "n_classes"}
+        if set(cfg) - takes:
+            raise ValueError(f"net option(s) {sorted(set(cfg) - takes)} do not apply to a {kind!r} network "
+                             f"(its options: {sorted(takes)})")
     if kind == "mlp":
         if len(shape) != 1:
             raise ValueError(f"arch 'mlp' needs vector data [N, d]; got sample shape {shape}")
