@@ -40,6 +40,7 @@ from common import (RESULTS, command_line, fashion_mnist, load_unet, md_table, t
                     unet_path, write_result)
 
 import scorelab as sl  # noqa: E402
+from scorelab._io import atomic_path  # noqa: E402
 
 CONFIGS = "heun:18,heun:35,dpmpp_2m:10,dpmpp_2m:20,unipc:10,unipc:20"
 SKIPS = "0,0.1,0.2,0.3,0.4,0.5,auto"
@@ -133,8 +134,8 @@ def inception_row(row: dict, images, base_images, ref) -> None:
 def cached_base_run(run, key: dict):
     """The unskipped run of a solver (images, NFE, seconds) from ~/.cache/scorelab/teleport when an earlier run had
     the same `key` (network sha256, solver, steps, n, seed, batch size, compile, torch version), else `run()`,
-    stored atomically. Every `--update` pass reruns the unskipped run for its paired differences; this makes that
-    free after the first time."""
+    stored atomically (`scorelab._io.atomic_path`). Every `--update` pass needs the unskipped run for its paired
+    differences; this makes it free after the first time."""
     import hashlib
     from types import SimpleNamespace
 
@@ -145,14 +146,11 @@ def cached_base_run(run, key: dict):
         saved = torch.load(path)
         if saved["key"] == key:
             return SimpleNamespace(**saved["run"], cached=True)
-    with torch.no_grad():
-        res = run()
+    res = run()
     fields = dict(images=res.images, nfe=res.nfe, seconds=res.seconds, skip_index=res.skip_index,
                   sigma_skip=res.sigma_skip)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, "run": fields}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({"key": key, "run": fields}, tmp)
     return SimpleNamespace(**fields, cached=False)
 
 
@@ -297,11 +295,11 @@ def main():
                 kw = dict(skip=0.0)
             run = lambda: sl.sample(net, n=n, sigmas=sigmas, solver=solver, seed=args.seed, teleport=g,  # noqa: E731
                                     warm_history=warm, batch_size=args.batch_size, progress=False, **kw)
-            if skip == 0 and not warm:    # the unskipped run: the same images every time, cached on disk
-                res = cached_base_run(run, dict(unet_sha256=unet_sha, solver=solver, steps=steps, n=n,
-                                                seed=args.seed, batch_size=args.batch_size, compile=args.compile))
-            else:
-                with torch.no_grad():
+            with torch.no_grad():
+                if skip == 0 and not warm:    # the unskipped run: the same images every time, cached on disk
+                    res = cached_base_run(run, dict(unet_sha256=unet_sha, solver=solver, steps=steps, n=n,
+                                                    seed=args.seed, batch_size=args.batch_size, compile=args.compile))
+                else:
                     res = run()
             row = dict(solver=solver, steps=steps, skip=skip, warm_history=warm, skip_index=res.skip_index,
                        sigma_skip=res.sigma_skip, nfe=res.nfe, seconds=round(res.seconds, 3), n=n)

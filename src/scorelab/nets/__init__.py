@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from .._io import load_state
@@ -47,28 +48,21 @@ def build(config: dict):
     kind, shape = cfg.pop("net"), tuple(cfg.pop("shape"))
     sigma_data, n_classes = cfg.pop("sigma_data"), int(cfg.pop("n_classes", 0))
     skip = cfg.pop("skip", "edm")
-    classes = {"mlp": MLP, "unet": UNet, "local": LocalConvNet}
-    if kind in classes:
-        import inspect
-
-        takes = set(inspect.signature(classes[kind]).parameters) - {"dim", "in_channels", "n_classes"}
-        if set(cfg) - takes:
-            raise ValueError(f"net option(s) {sorted(set(cfg) - takes)} do not apply to a {kind!r} network "
-                             f"(its options: {sorted(takes)})")
-    if kind == "mlp":
-        if len(shape) != 1:
-            raise ValueError(f"arch 'mlp' needs vector data [N, d]; got sample shape {shape}")
-        net = MLP(shape[0], n_classes=n_classes, **cfg)
-    elif kind == "unet":
-        if len(shape) != 3:
-            raise ValueError(f"a U-Net arch needs image data [N, C, H, W]; got sample shape {shape}")
-        net = UNet(shape[0], n_classes=n_classes, **cfg)
-    elif kind == "local":
-        if len(shape) != 3:
-            raise ValueError(f"a convnet arch needs image data [N, C, H, W]; got sample shape {shape}")
-        net = LocalConvNet(shape[0], n_classes=n_classes, **cfg)
-    else:
+    nets = {  # kind: (class, sample dimensions, what that data must be)
+        "mlp": (MLP, 1, "arch 'mlp' needs vector data [N, d]"),
+        "unet": (UNet, 3, "a U-Net arch needs image data [N, C, H, W]"),
+        "local": (LocalConvNet, 3, "a convnet arch needs image data [N, C, H, W]"),
+    }
+    if kind not in nets:
         raise ValueError(f"config 'net' must be 'mlp', 'unet' or 'local'; got {kind!r}")
+    cls, ndim, needs = nets[kind]
+    takes = set(inspect.signature(cls).parameters) - {"dim", "in_channels", "n_classes"}
+    if set(cfg) - takes:
+        raise ValueError(f"net option(s) {sorted(set(cfg) - takes)} do not apply to a {kind!r} network "
+                         f"(its options: {sorted(takes)})")
+    if len(shape) != ndim:
+        raise ValueError(f"{needs}; got sample shape {shape}")
+    net = cls(shape[0], n_classes=n_classes, **cfg)
     return EDMPrecond(net, sigma_data=sigma_data, shape=shape, n_classes=n_classes, config=config, skip=skip)
 
 

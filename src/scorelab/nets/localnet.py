@@ -44,9 +44,10 @@ class LocalConvNet(nn.Module):
             raise ValueError(f"width must be ≥ 1 and num_blocks ≥ 0; got width={width}, num_blocks={num_blocks}")
         mode = self.borders[border]
         self.receptive_field = 2 * (2 * int(num_blocks) + 2) + 1
-        self.embed = ConditionEmbedding(32, 4 * 32, n_classes)
+        emb_dim = 128
+        self.embed = ConditionEmbedding(32, emb_dim, n_classes)
         self.conv_in = nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=mode)
-        self.blocks = nn.ModuleList(LocalBlock(width, 4 * 32, mode) for _ in range(int(num_blocks)))
+        self.blocks = nn.ModuleList(LocalBlock(width, emb_dim, mode) for _ in range(int(num_blocks)))
         self.conv_out = nn.Conv2d(width, in_channels, 3, padding=1, padding_mode=mode)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
