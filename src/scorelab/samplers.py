@@ -22,6 +22,7 @@ Randomness (stochastic samplers only) comes from `noise_sampler(sigma, sigma_nex
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from ._checks import check_fraction, check_positive_int, check_sigmas, check_tensor
 
 __all__ = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_stochastic", "euler_ancestral", "dpmpp_2m_sde",
-           "SAMPLERS", "get", "to_d", "phi"]
+           "SAMPLERS", "TRAITS", "Traits", "get", "traits", "to_d", "phi"]
 
 
 # ---------------------------------------------------------------------------------------------- shared pieces
@@ -397,10 +398,33 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, callback=None, generator=None, noise_sa
 
 
 # ---------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Traits:
+    """What a caller needs to know about a solver, declared once here (nowhere else decides it):
+    `stochastic`: draws step noise (takes `noise_sampler=`/`generator=`); `multistep`: reuses earlier denoiser
+    values (takes `history=`, so teleportation can warm it); `order`: convergence order of the deterministic
+    solver at its default options (measured in tests/test_samplers.py; stochastic solvers: strong order of the
+    noise-free limit)."""
+
+    stochastic: bool
+    multistep: bool
+    order: int
+
+
+TRAITS = {
+    "euler": Traits(stochastic=False, multistep=False, order=1),
+    "heun": Traits(stochastic=False, multistep=False, order=2),
+    "dpmpp_2m": Traits(stochastic=False, multistep=True, order=2),
+    "dpmpp_3m": Traits(stochastic=False, multistep=True, order=3),
+    "unipc": Traits(stochastic=False, multistep=True, order=3),
+    "edm_stochastic": Traits(stochastic=True, multistep=False, order=2),
+    "euler_ancestral": Traits(stochastic=True, multistep=False, order=1),
+    "dpmpp_2m_sde": Traits(stochastic=True, multistep=True, order=2),
+}
 SAMPLERS = {f.__name__: f for f in (euler, heun, dpmpp_2m, dpmpp_3m, unipc, edm_stochastic, euler_ancestral,
                                     dpmpp_2m_sde)}
-STOCHASTIC = ("edm_stochastic", "euler_ancestral", "dpmpp_2m_sde")
-MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")
+STOCHASTIC = tuple(name for name, t in TRAITS.items() if t.stochastic)
+MULTISTEP = tuple(name for name, t in TRAITS.items() if t.multistep)
 
 
 def get(name: str):
@@ -408,3 +432,21 @@ def get(name: str):
     if name not in SAMPLERS:
         raise ValueError(f"solver must be one of {sorted(SAMPLERS)}; got {name!r}")
     return SAMPLERS[name]
+
+
+def traits(solver) -> Traits:
+    """The `Traits` of a solver given by name or as one of this module's functions. A caller's own sampler
+    function may declare them as an attribute `solver.traits = Traits(...)`; without it, it is taken to be
+    deterministic and single-step."""
+    if isinstance(solver, str):
+        get(solver)
+        return TRAITS[solver]
+    if not callable(solver):
+        raise TypeError(f"solver must be a sampler name or function; got {type(solver).__name__}")
+    declared = getattr(solver, "traits", None)
+    if isinstance(declared, Traits):
+        return declared
+    name = getattr(solver, "__name__", None)
+    if name in TRAITS and SAMPLERS.get(name) is solver:
+        return TRAITS[name]
+    return Traits(stochastic=False, multistep=False, order=1)
