@@ -53,12 +53,12 @@ class PatchCalibration:
         write_json(path, self.to_dict())
 
     def table(self) -> str:
-        """Markdown table: σ, r² per patch size, best size."""
-        head = "| σ | " + " | ".join(f"P={p}" for p in self.patch_sizes) + " | best |"
-        rows = [head, "|" + "---|" * (len(self.patch_sizes) + 2)]
-        for i, s in enumerate(self.sigmas):
-            rows.append(f"| {s:.3g} | " + " | ".join(f"{float(v):.3f}" for v in self.r2[i]) + f" | {self.best[i]} |")
-        return "\n".join(rows)
+        """Markdown table (`scorelab.tables.markdown`): σ, r² per patch size, best size."""
+        from .tables import markdown
+
+        rows = [{"σ": float(s), **{f"P={p}": float(v) for p, v in zip(self.patch_sizes, self.r2[i])},
+                 "best": self.best[i]} for i, s in enumerate(self.sigmas)]
+        return markdown(rows, digits=3, max_columns=None)
 
 
 def _family(model_family):

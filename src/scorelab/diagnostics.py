@@ -31,11 +31,10 @@ class Table(list):
         return [row[name] for row in self]
 
     def to_markdown(self, columns=None, digits: int = 4) -> str:
-        columns = columns or list(self[0]) if self else []
-        fmt = lambda v: (f"{v:.{digits}g}" if isinstance(v, float) else str(v))  # noqa: E731
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in self]
-        return "\n".join(lines)
+        """The rows as a Markdown table (`scorelab.tables.markdown`), over `columns` (default: all)."""
+        from .tables import markdown
+
+        return markdown(self, columns, digits=digits, max_columns=None)
 
 
 def _positive_sigmas(sigmas) -> list[float]:

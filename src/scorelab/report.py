@@ -155,14 +155,9 @@ def _img(data: bytes, alt: str) -> str:
 
 
 def _table(rows, columns, digits=4) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return "–" if math.isnan(v) else f"{v:.{digits}g}"
-        return html.escape(str(v))
+    from .tables import html as html_table
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table(rows, columns, digits=digits)
 
 
 CSS = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}

@@ -1,6 +1,6 @@
 """On-disk cache of Inception features and reference statistics.
 
-Location: $SCORELAB_CACHE, else ~/.cache/scorelab. Every file is written atomically (safetensors + JSON header).
+Location: $SCORELAB_CACHE, else $XDG_CACHE_HOME/scorelab (~/.cache/scorelab). Every file is written atomically (safetensors + JSON header).
 
 - Features are cached per block of `BLOCK` images, keyed by the sha1 of the block's 8-bit pixels and the
   network's sha1: an interrupted extraction resumes, and the first 5,000 images of a split reuse the blocks
@@ -26,8 +26,10 @@ BLOCK = 500
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SCORELAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "scorelab")
-    return Path(root)
+    """$SCORELAB_CACHE, else $XDG_CACHE_HOME/scorelab, else ~/.cache/scorelab."""
+    if os.environ.get("SCORELAB_CACHE"):
+        return Path(os.environ["SCORELAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")) / "scorelab"
 
 
 def _sha1(t: torch.Tensor) -> str:
