@@ -156,7 +156,8 @@ CLI_CASES = [("empirical", ["--flip"], ["--chunk-size", "0"]),
 
 @pytest.mark.parametrize("kind,opts,bad", CLI_CASES)
 def test_cli_fit_then_load(tmp_path, data, kind, opts, bad, capsys):
-    """`scorelab fit KIND` uses add_cli_arguments / fit_from_cli; the file loads back; bad options exit 2."""
+    """`scorelab fit KIND` builds the model from its options (commands/fit.py); the file loads back; bad options
+    exit 2."""
     from scorelab.cli import main
 
     path = tmp_path / "train.npy"

@@ -265,15 +265,19 @@ def test_to_dtype_and_input_dtype():
     torch.testing.assert_close(gauss(x, 0.5), gauss(x.double(), 0.5).float(), rtol=0, atol=0)
 
 
-def test_cli_hooks():
+def test_cli_options_build_the_fitted_model():
+    """`scorelab fit gaussian` options (held by commands/fit.py, not the model) give Gaussian.fit's model."""
+    from scorelab.commands.fit import add_model_arguments, build_model
+
     parser = argparse.ArgumentParser()
-    Gaussian.add_cli_arguments(parser)
-    args = parser.parse_args(["--rank", "3", "--float32"])
+    add_model_arguments("gaussian", parser)
     data = torch.randn(50, 2, 3)
-    g = Gaussian.fit_from_cli(data, args)
+    g = build_model("gaussian", data, parser.parse_args(["--rank", "3", "--float32"]))
     assert g.rank_ == 3 and g.dtype == torch.float32 and g.shape_ == (2, 3)
-    g = Gaussian.fit_from_cli(data, parser.parse_args([]))
+    torch.testing.assert_close(g.eigvals_, Gaussian.fit(data, rank=3).eigvals_.float(), rtol=0, atol=0)
+    g = build_model("gaussian", data, parser.parse_args([]))
     assert g.rank_ == 6 and g.dtype == F64
+    assert not hasattr(Gaussian, "add_cli_arguments") and not hasattr(Gaussian, "fit_from_cli")
 
 
 @pytest.mark.parametrize("data, kwargs, match", [

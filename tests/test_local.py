@@ -320,18 +320,20 @@ def test_wiener_save_load_and_no_nan(tmp_path, tiny):
     assert torch.isfinite(w(x, 1e-4)).all() and torch.isfinite(w(x, 1e5)).all()
 
 
-# ---------------------------------------------------------------------------------------------- CLI hooks
+# ---------------------------------------------------------------------------------------------- CLI options
 
 @pytest.mark.parametrize("cls,argv", [
     (ELS, ["--patch-size", "0:3,1:5", "--border", "zero", "--n-data", "12"]),
     (PSPC, ["--patch-size", "3", "--no-equivariant", "--border", "valid"]),
     (Wiener, ["--mode", "linear", "--energy", "0.8"]),
 ])
-def test_cli_hooks_build_the_same_model(tiny, cls, argv):
+def test_cli_options_build_the_same_model(tiny, cls, argv):
+    from scorelab.commands.fit import add_model_arguments, build_model
+
     data, x = tiny
     parser = argparse.ArgumentParser()
-    cls.add_cli_arguments(parser)
-    model = cls.fit_from_cli(data, parser.parse_args(argv))
+    add_model_arguments(cls.kind, parser)
+    model = build_model(cls.kind, data, parser.parse_args(argv))
     assert isinstance(model, cls) and cls.kind in ("els", "pspc", "wiener")
     if cls is ELS:
         assert model.schedule.spec == [(0.0, 3), (1.0, 5)] and model.data_.shape[0] == 12
@@ -344,7 +346,9 @@ def test_cli_hooks_build_the_same_model(tiny, cls, argv):
 
 def test_cli_patch_size_reads_a_calibration_file(tmp_path, tiny):
     (tmp_path / "cal.json").write_text('{"schedule": [[0.0, 3], [0.7, 5]]}')
+    from scorelab.commands.fit import add_model_arguments, build_model
+
     parser = argparse.ArgumentParser()
-    ELS.add_cli_arguments(parser)
-    model = ELS.fit_from_cli(tiny[0], parser.parse_args(["--patch-size", str(tmp_path / "cal.json")]))
+    add_model_arguments("els", parser)
+    model = build_model("els", tiny[0], parser.parse_args(["--patch-size", str(tmp_path / "cal.json")]))
     assert model.schedule.spec == [(0.0, 3), (0.7, 5)]

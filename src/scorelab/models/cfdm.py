@@ -133,22 +133,5 @@ class CFDM:
         dtype = getattr(torch, cfg.pop("dtype"))
         return cls(data, **cfg, dtype=dtype, device=device)
 
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--smoothing", type=float, required=True, help="smoothing scale λ >= 0")
-        parser.add_argument("--n-draws", type=int, default=8, help="Monte-Carlo draws of z (default: 8)")
-        parser.add_argument("--estimator", default="exact", choices=["exact", "knn"],
-                            help="posterior mean per draw: exact (streamed) or nearest-neighbour")
-        parser.add_argument("--k", type=int, default=64, help="neighbours for --estimator knn (default: 64)")
-        parser.add_argument("--n-random", type=int, default=256, help="tail draws for --estimator knn")
-        parser.add_argument("--sigma-start", type=float, default=1.0, help="σ where sampling starts (default: 1)")
-
-    @classmethod
-    def fit_from_cli(cls, data, args) -> "CFDM":
-        from ..commands import torch_dtype
-
-        return cls(data, args.smoothing, args.n_draws, estimator=args.estimator, k=args.k, n_random=args.n_random,
-                   sigma_start=args.sigma_start, seed=args.seed, dtype=torch_dtype(args.dtype), device=args.device)
-
     def __repr__(self) -> str:
         return f"CFDM(smoothing={self.smoothing}, n_draws={self.n_draws}, estimator={self.estimator!r})"

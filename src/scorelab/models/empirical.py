@@ -394,17 +394,5 @@ class Empirical:
                    chunk_size=cfg["chunk_size"], query_chunk=cfg["query_chunk"], refine_tol=cfg["refine_tol"],
                    dtype=getattr(torch, cfg["dtype"]), device=device)
 
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--chunk-size", type=int, default=4096, help="data rows per GEMM (default: 4096)")
-        parser.add_argument("--flip", action="store_true", help="add horizontally mirrored training images")
-
-    @classmethod
-    def fit_from_cli(cls, data, args) -> "Empirical":
-        from ..commands import torch_dtype
-
-        return cls(data, flip=args.flip, chunk_size=args.chunk_size, dtype=torch_dtype(args.dtype),
-                   device=args.device)
-
     def __repr__(self) -> str:
         return f"Empirical(n={self.n_samples_}, shape={self.rows_.shape}, flip={self.flip}, dtype={self.dtype})"

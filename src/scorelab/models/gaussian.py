@@ -287,21 +287,6 @@ class Gaussian:
         res = f", residual_var={self.residual_var_:.4g}" if self._has_residual else ""
         return f"Gaussian(shape={self.shape_}, rank={self.rank_}/{self.dim}{res}, dtype={self.dtype})"
 
-    # ------------------------------------------------------------------ CLI
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--rank", type=int, default=None, metavar="R",
-                            help="keep the top R eigenpairs; the rest become one isotropic residual variance "
-                                 "(default: full rank)")
-        parser.add_argument("--float32", action="store_true",
-                            help="store the fitted model in float32 (statistics are always accumulated in float64)")
-
-    @classmethod
-    def fit_from_cli(cls, data, args) -> "Gaussian":
-        return cls.fit(data, rank=getattr(args, "rank", None),
-                       dtype=torch.float32 if getattr(args, "float32", False) else torch.float64,
-                       device=getattr(args, "device", None))
-
 
 def _array_like(data) -> bool:
     """Lazily read data sets (e.g. scorelab.data.ArrayDataset over a memory map): `.shape`, `.ndim`, row slicing."""

@@ -282,22 +282,6 @@ class GMM:
         out.log_likelihood_, out.n_iter_, out.converged_ = cfg["log_likelihood"], cfg["n_iter"], cfg["converged"]
         return out
 
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--n-components", type=int, default=10, help="mixture components K (default: 10)")
-        parser.add_argument("--covariance", default="full", choices=COVARIANCES, help="covariance family")
-        parser.add_argument("--rank", type=int, default=None, help="rank for --covariance lowrank")
-        parser.add_argument("--max-iter", type=int, default=100, help="EM iterations (default: 100)")
-        parser.add_argument("--reg-covar", type=float, default=1e-6, help="added to every variance (default 1e-6)")
-
-    @classmethod
-    def fit_from_cli(cls, data, args) -> "GMM":
-        from ..commands import torch_dtype
-
-        return cls.fit(data, args.n_components, args.covariance, args.rank, max_iter=args.max_iter,
-                       reg_covar=args.reg_covar, seed=args.seed, dtype=torch_dtype(args.dtype), device=args.device,
-                       progress=True)
-
     def __repr__(self) -> str:
         return f"GMM(n_components={self.n_components}, covariance={self.covariance!r}, shape={self.shape_})"
 

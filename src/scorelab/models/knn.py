@@ -258,19 +258,5 @@ class KNN:
             raise ValueError(f"{path} holds a faiss index; install faiss (pip install 'scorelab[faiss]') to load it")
         return cls(data, **cfg, dtype=dtype, device=device, _index_bytes=index_bytes)
 
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--k", type=int, default=64, help="nearest neighbours per query (default: 64)")
-        parser.add_argument("--n-random", type=int, default=256, help="uniform tail draws (default: 256)")
-        parser.add_argument("--index", default="auto", choices=INDEXES, help="neighbour search (default: auto)")
-        parser.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query (default: 16)")
-
-    @classmethod
-    def fit_from_cli(cls, data, args) -> "KNN":
-        from ..commands import torch_dtype
-
-        return cls(data, k=args.k, n_random=args.n_random, index=args.index, nprobe=args.nprobe, seed=args.seed,
-                   dtype=torch_dtype(args.dtype), device=args.device)
-
     def __repr__(self) -> str:
         return f"KNN(n={self.n_samples_}, k={self.k}, n_random={self.n_random}, index={self.index!r})"

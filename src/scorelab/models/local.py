@@ -313,16 +313,6 @@ def _check_image_data(data, n_data, seed, name="data"):
     return _subset(data, n_data, seed)
 
 
-def _device_args(args) -> dict:
-    """device= / dtype= from the shared CLI options (--device, --dtype), when the command has them."""
-    out = {}
-    if getattr(args, "device", None):
-        out["device"] = args.device
-    if getattr(args, "dtype", None):
-        out["dtype"] = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    return out
-
-
 class _PatchPosterior:
     """Base of ELS and PSPC: data_, a patch schedule, border handling and the streamed computation."""
 
@@ -534,27 +524,6 @@ class _PatchPosterior:
     def __repr__(self):
         return (f"{type(self).__name__}(n={self.data_.shape[0]}, shape={self.shape}, patch_size="
                 f"{self.schedule.spec!r}, equivariant={self.equivariant}, border={self.border!r})")
-
-    # --- CLI
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--patch-size", default="5", metavar="P|SIGMA:P,...|FILE.json",
-                            help="odd patch size, a schedule 'sigma:size,...' (size for sigma >= threshold) or "
-                                 "the JSON written by calibrate_patch_size (default: 5)")
-        parser.add_argument("--border", default="circular", choices=list(cls.borders),
-                            help="image border: circular wrap, zero padding (boundary-broken), valid patches")
-        parser.add_argument("--no-equivariant", dest="equivariant", action="store_false",
-                            help="use only the training patches at each pixel's own location (LS)")
-        parser.add_argument("--n-data", type=int, default=None, metavar="N",
-                            help="random subset of N training images (cost grows linearly in N)")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the --n-data subset")
-        parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
-                            help="elements per block of logits (bounds memory)")
-
-    @classmethod
-    def fit_from_cli(cls, data, args):
-        return cls(data, PatchSchedule.parse(args.patch_size), equivariant=args.equivariant, border=args.border,
-                   n_data=args.n_data, seed=args.seed, chunk_size=args.chunk_size, **_device_args(args))
 
 
 class ELS(_PatchPosterior):

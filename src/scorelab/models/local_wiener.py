@@ -8,7 +8,7 @@ import torch
 
 from .._checks import check_data, check_fraction, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
-from .local import DEFAULT_CHUNK, _device_args, _subset
+from .local import DEFAULT_CHUNK, _subset
 
 __all__ = ["Wiener"]
 
@@ -162,19 +162,3 @@ class Wiener:
 
     def __repr__(self):
         return f"Wiener(mode={self.mode!r}, energy={self.energy}, n={self.data_.shape[0]}, shape={self.shape})"
-
-    @classmethod
-    def add_cli_arguments(cls, parser) -> None:
-        parser.add_argument("--mode", default="masked", choices=list(cls.MODES),
-                            help="masked empirical denoiser (default) or the linear Wiener filter")
-        parser.add_argument("--energy", type=float, default=0.9,
-                            help="fraction of each filter row's squared weight kept in the locality mask")
-        parser.add_argument("--n-data", type=int, default=None, metavar="N",
-                            help="random subset of N images for the masked empirical denoiser")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the --n-data subset")
-        parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="elements per block")
-
-    @classmethod
-    def fit_from_cli(cls, data, args):
-        return cls(data, mode=args.mode, energy=args.energy, n_data=args.n_data, seed=args.seed,
-                   chunk_size=args.chunk_size, **_device_args(args))
