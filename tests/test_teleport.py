@@ -86,7 +86,9 @@ def test_skip_index_sigma():
     sigmas = sl.schedules.karras(10)
     assert skip_index(sigmas, sigma_skip=float(sigmas[4])) == 4          # lands exactly on a grid point
     assert skip_index(sigmas, sigma_skip=float(sigmas[4]) * 0.999) == 5  # first σ <= sigma_skip
-    assert skip_index(sigmas, sigma_skip=1e3) == 0
+    assert skip_index(sigmas, sigma_skip=float(sigmas[0])) == 0          # at the grid's start: no jump
+    with pytest.raises(ValueError, match=r"sigma_skip must be <= sigmas\[0\]"):
+        skip_index(sigmas, sigma_skip=1e3)                               # above the grid: refused, not ignored
     assert skip_index(sigmas.float(), sigma_skip=float(sigmas[3])) == 3  # float32 grid, float64 value
     assert skip_index(sigmas, sigma_skip=float(sigmas[9])) == 9
     with pytest.raises(ValueError, match="sigma_skip must be >= sigmas\\[-2\\]"):

@@ -19,8 +19,14 @@ from . import samplers as _samplers
 from . import schedules
 from ._checks import check_positive_int, check_sigmas
 from .denoisers import CountingDenoiser
+from .diagnostics import suggest_skip
+from .noise import generators, initial_noise, per_sample_noise, sample_seed
+from .protocol import check_denoiser, check_extra_args, device_of, sample_shape, slice_cond
+from .teleport import plan
 
-__all__ = ["sample", "SampleResult", "sample_seed"]
+_per_sample_noise = per_sample_noise   # the name bench scripts used before noise.py
+
+__all__ = ["sample", "SampleResult", "sample_seed", "initial_noise"]
 
 
 @dataclass
@@ -63,22 +69,6 @@ class SampleResult:
                     sigmas=[float(s) for s in self.sigmas])
 
 
-def sample_seed(seed: int, i: int) -> int:
-    """The 63-bit seed of sample i: numpy's SeedSequence([seed, i]) (no collisions between (seed, i) pairs)."""
-    return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def initial_noise(n: int, shape, seed: int = 0, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The standard-normal ε_i that `sample(..., seed=seed)` starts sample i from (x_T = σ_0·ε_i), i < n."""
-    gens = [torch.Generator().manual_seed(sample_seed(int(seed), i)) for i in range(n)]
-    return _per_sample_noise(gens, tuple(shape), torch.device(device or "cpu"), dtype)
-
-
-def _per_sample_noise(gens, shape, device, dtype):
-    """Standard normal draws [len(gens), *shape], one from each sample's generator (float32 on the CPU, then cast)."""
-    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device=device, dtype=dtype)
-
-
 def _resolve_grid(sigmas, steps):
     if sigmas is not None and steps is not None:
         raise ValueError(f"give either sigmas (a grid) or steps (Karras grid length), not both; got steps={steps}")
@@ -87,48 +77,24 @@ def _resolve_grid(sigmas, steps):
     return check_sigmas(sigmas)
 
 
-def _resolve_skip(sigmas, teleport, skip, sigma_skip, denoiser=None, skip_data=None, skip_threshold=0.99,
-                  device=None, dtype=torch.float32):
-    """(k, σ_k or None): how many leading steps the Gaussian jump replaces."""
-    if teleport is None:
-        if skip not in (None, 0, 0.0) or sigma_skip is not None:
-            raise ValueError("skip/sigma_skip need teleport=a fitted scorelab.Gaussian to jump with")
-        return 0, None
-    if not hasattr(teleport, "trajectory"):
-        raise TypeError(f"teleport must be a fitted scorelab.Gaussian (with .trajectory); got {type(teleport).__name__}")
-    if isinstance(skip, str):
-        if skip != "auto":
-            raise ValueError(f"skip must be a fraction in [0, 1) or 'auto'; got {skip!r}")
-        if sigma_skip is not None:
-            raise ValueError("give either skip='auto' or sigma_skip, not both")
-        try:
-            from .diagnostics import suggest_skip
-        except ImportError:
-            raise NotImplementedError("skip='auto' needs scorelab.diagnostics.suggest_skip, not available in this "
-                                      "installation; pass skip= or sigma_skip=") from None
-        if skip_data is None:
-            raise ValueError("skip='auto' needs skip_data= (held-out clean samples [N, *shape]) to measure where the "
-                             "Gaussian explains the denoiser (diagnostics.suggest_skip)")
-        suggestion = suggest_skip(denoiser, teleport, skip_data, sigmas, threshold=skip_threshold, dtype=dtype,
-                                  device=device, progress=False)
-        k = suggestion.skip_index
-        return k, (float(sigmas[k]) if k > 0 else None)
-    from .teleport import skip_index
-
-    k = skip_index(sigmas, skip=skip, sigma_skip=sigma_skip)
-    return k, (float(sigmas[k]) if k > 0 else None)
-
-
-def _accepts(fn, name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+def _auto_sigma_skip(denoiser, teleport, grid, skip_data, threshold, device, dtype, extra_args):
+    """skip='auto': σ_k from `diagnostics.suggest_skip` (None when no step can be skipped)."""
+    if extra_args:
+        raise ValueError("skip='auto' measures the unconditional denoiser; with extra_args, call "
+                         "scorelab.diagnostics.suggest_skip yourself and pass sigma_skip=")
+    if skip_data is None:
+        raise ValueError("skip='auto' needs skip_data= (held-out clean samples [N, *shape]) to measure where the "
+                         "Gaussian explains the denoiser (diagnostics.suggest_skip)")
+    k = suggest_skip(denoiser, teleport, skip_data, grid, threshold=threshold, dtype=dtype, device=device,
+                     progress=False).skip_index
+    return float(grid[k]) if k > 0 else None
 
 
 def _check_solver_opts(fn, name: str, opts: dict) -> None:
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    reserved = {"denoiser", "x", "sigmas", "callback", "generator", "noise_sampler", "history"}
+    reserved = {"denoiser", "x", "sigmas", "callback", "generator", "noise_sampler", "history", "extra_args"}
     allowed = [p for p in params if p not in reserved]
     bad = sorted(set(opts) - set(allowed))
     if bad:
@@ -137,19 +103,26 @@ def _check_solver_opts(fn, name: str, opts: dict) -> None:
 
 def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: int = 0, teleport=None, skip=None,
            sigma_skip=None, warm_history: bool = False, batch_size: int = 64, device=None, dtype=torch.float32,
-           callback=None, progress: bool = False, *, steps: int | None = None, skip_data=None,
-           skip_threshold: float = 0.99, **solver_opts) -> SampleResult:
+           callback=None, progress: bool = False, *, steps: int | None = None, extra_args=None, teleport_args=None,
+           skip_data=None, skip_threshold: float = 0.99, **solver_opts) -> SampleResult:
     """Draw `n` samples x_0 from `denoiser` by solving from x_T = σ_0·ε on the grid `sigmas` with `solver`.
 
+    - `denoiser`: any `scorelab.protocol.Denoiser`, D(x, σ, **cond).
     - `shape`: sample shape (default: the denoiser's `shape_` if it has one, else (1, 28, 28)).
     - `sigmas`: a σ grid (default `schedules.karras(steps or 18)`); `solver`: a name in `samplers.SAMPLERS` or a
       sampler function; `**solver_opts` go to it (e.g. eta=, S_churn=, order=).
+    - `extra_args`: the conditioning channel, e.g. `{"class_labels": y}` with y of length n: every denoiser call
+      gets `**extra_args`, per-sample tensors (first dimension n) sliced with the batch, the rest unchanged.
     - `seed`: sample i uses a torch.Generator seeded by `sample_seed(seed, i)` for its initial noise and its step
       noise, so results do not depend on `batch_size`.
-    - `teleport=g` (a fitted `Gaussian`) with `skip` (fraction of steps) or `sigma_skip`: k = teleport.skip_index,
-      x(σ_k) = g's exact jump from x_T, the solver runs on sigmas[k:]. `warm_history=True` (multistep solvers)
-      also hands the solver g's denoiser values on g's trajectory at the skipped grid points, so its first
-      network step is already high order (no network NFE). `skip="auto"`: k from
+    - `device`: where the noise is drawn and the solver runs (default: the denoiser's, `protocol.device_of`:
+      a network's parameters' device).
+    - `teleport=g` (a fitted `Gaussian`) with `skip` (fraction of steps) or `sigma_skip`: the first k steps are
+      replaced by g's exact jump (`teleport.plan`/`teleport.Jump`), the solver runs on sigmas[k:].
+      `warm_history=True` (multistep solvers) also hands the solver g's denoiser values on g's trajectory at the
+      skipped grid points, so its first network step is already high order (no network NFE). `teleport_args`:
+      conditioning for the Gaussian (e.g. a class-conditional Gaussian's `class_labels`; default none: the
+      pooled jump), sliced per batch like `extra_args`. `skip="auto"`: k from
       `diagnostics.suggest_skip(denoiser, teleport, skip_data, sigmas, skip_threshold)` (score-space EV ≥ the
       threshold at every σ ≥ σ_k on the held-out `skip_data`; those reference calls are not counted in `nfe`).
     - `callback(info)`: the sampler's dict plus `batch` (batch index); `progress`: a tqdm bar over steps.
@@ -160,36 +133,41 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     batch_size = check_positive_int(batch_size, name="batch_size")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
-    if not callable(denoiser):
-        raise TypeError(f"denoiser must be callable as denoiser(x, sigma); got {type(denoiser).__name__}")
+    check_denoiser(denoiser)
+    extra_args = check_extra_args(extra_args)
+    teleport_args = check_extra_args(teleport_args, name="teleport_args")
     if shape is None:
-        shape = tuple(getattr(denoiser, "shape_", None) or (1, 28, 28))
+        shape = sample_shape(denoiser, (1, 28, 28))
     try:
         shape = tuple(check_positive_int(s, name="shape entries") for s in shape)
     except TypeError:
         raise TypeError(f"shape must be a sequence of positive ints (e.g. (1, 28, 28)); got {shape!r}") from None
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
-    if device is None:
-        device = getattr(denoiser, "device", None)
-        device = device if isinstance(device, (torch.device, str)) else "cpu"
-    device = torch.device(device)
+    device = device_of(denoiser) if device is None else torch.device(device)
 
     if callable(solver):
         solver_fn, solver_name = solver, getattr(solver, "__name__", "custom")
     else:
         solver_fn, solver_name = _samplers.get(solver), solver
     _check_solver_opts(solver_fn, solver_name, solver_opts)
+    stochastic = _samplers.traits(solver_fn).stochastic
     grid = _resolve_grid(sigmas, steps)
-    k, sig_k = _resolve_skip(grid, teleport, skip, sigma_skip, denoiser, skip_data, skip_threshold, device, dtype)
-    if warm_history:
-        if teleport is None or k == 0:
-            raise ValueError("warm_history=True needs teleport=a Gaussian and a skip that replaces >= 1 step")
-        if not _accepts(solver_fn, "history"):
-            raise ValueError(f"warm_history=True needs a multistep solver {list(_samplers.MULTISTEP)}; "
-                             f"got {solver_name!r}")
-    run_grid = grid[k:]
-    stochastic = _accepts(solver_fn, "noise_sampler")
+    if teleport is None:
+        if skip not in (None, 0, 0.0) or sigma_skip is not None or warm_history:
+            raise ValueError("skip/sigma_skip/warm_history need teleport=a fitted scorelab.Gaussian to jump with")
+        jump = None
+    else:
+        if isinstance(skip, str):
+            if skip != "auto":
+                raise ValueError(f"skip must be a fraction in [0, 1) or 'auto'; got {skip!r}")
+            if sigma_skip is not None:
+                raise ValueError("give either skip='auto' or sigma_skip, not both")
+            skip, sigma_skip = None, _auto_sigma_skip(denoiser, teleport, grid, skip_data, skip_threshold, device,
+                                                      dtype, extra_args)
+        jump = plan(teleport, grid, skip=skip, sigma_skip=sigma_skip, warm_history=warm_history, solver=solver_fn,
+                    extra_args=teleport_args)
+    k = jump.k if jump is not None else 0
 
     counted = CountingDenoiser(denoiser)
     n_batches = math.ceil(n / batch_size)
@@ -197,22 +175,21 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_batches * (len(run_grid) - 1), desc=f"sample {solver_name}", unit="step", leave=False)
+        bar = tqdm(total=n_batches * (len(grid) - 1 - k), desc=f"sample {solver_name}", unit="step", leave=False)
     images, nfe_per_batch = [], []
     try:
         for b in range(n_batches):
-            idx = range(b * batch_size, min(n, (b + 1) * batch_size))
-            gens = [torch.Generator().manual_seed(sample_seed(int(seed), i)) for i in idx]
-            x = _per_sample_noise(gens, shape, device, dtype) * float(grid[0])
+            idx = slice(b * batch_size, min(n, (b + 1) * batch_size))
+            gens = generators(seed, range(idx.start, idx.stop))
+            x = per_sample_noise(gens, shape, device, dtype) * float(grid[0])
+            run_grid, history = grid, None
+            if jump is not None:
+                x, run_grid, history = jump(x, grid, slice_cond(teleport_args, n, idx))
             opts = dict(solver_opts)
-            if k > 0:
-                traj = teleport.trajectory(x, grid[:k + 1])            # exact Gaussian PF-ODE path, [k+1, B, ...]
-                x = traj[-1]
-                if warm_history:
-                    opts["history"] = [(float(grid[j]), teleport(traj[j], float(grid[j])))
-                                       for j in range(max(0, k - 3), k)]
+            if history is not None:
+                opts["history"] = history
             if stochastic:
-                opts["noise_sampler"] = lambda s, s_next, gens=gens: _per_sample_noise(gens, shape, device, dtype)
+                opts["noise_sampler"] = lambda s, s_next, gens=gens: per_sample_noise(gens, shape, device, dtype)
 
             def step_cb(info, b=b):
                 if bar is not None:
@@ -221,17 +198,15 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
                     callback(dict(info, batch=b))
 
             before = counted.nfe
-            x = solver_fn(counted, x, run_grid.to(device), callback=step_cb, **opts)
+            x = solver_fn(counted, x, run_grid, extra_args=slice_cond(extra_args, n, idx),
+                          callback=step_cb, **opts)
             nfe_per_batch.append(counted.nfe - before)
             images.append(x)
     finally:
         if bar is not None:
             bar.close()
-    if len(set(nfe_per_batch)) != 1:  # a sampler whose NFE depends on the data: report the largest
-        nfe = max(nfe_per_batch)
-    else:
-        nfe = nfe_per_batch[0]
-    return SampleResult(images=torch.cat(images), nfe=nfe, sigmas=grid, skip_index=k, sigma_skip=sig_k,
-                        seconds=time.perf_counter() - t0, solver=solver_name, teleport_nfe=0,
-                        warm_history=bool(warm_history), seed=int(seed),
+    nfe = max(nfe_per_batch)   # the same for every batch, except for a sampler whose NFE depends on the data
+    return SampleResult(images=torch.cat(images), nfe=nfe, sigmas=grid, skip_index=k,
+                        sigma_skip=float(grid[k]) if k > 0 else None, seconds=time.perf_counter() - t0,
+                        solver=solver_name, teleport_nfe=0, warm_history=bool(warm_history), seed=int(seed),
                         solver_opts={kk: v for kk, v in solver_opts.items() if isinstance(v, (int, float, str, bool))})

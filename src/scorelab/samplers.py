@@ -1,6 +1,7 @@
 """Samplers for the probability-flow ODE and its stochastic variants, in σ-space (EDM/VE).
 
-Every sampler is a stateless function `sampler(denoiser, x, sigmas, *, callback=None, generator=None, **opts) -> x`:
+Every sampler is a stateless function
+`sampler(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, **opts) -> x`:
 `x` is given at `sigmas[0]` (i.e. already noise · sigmas[0]); the grid is strictly decreasing and non-negative and
 may stop at a non-zero σ (then x at that σ is returned). The ODE is
 
@@ -11,7 +12,9 @@ h = λ_next − λ is the exponential-integrator formula behind DPM-Solver++ and
 
     x_next = e^−h x + Σ_k h^(k+1) φ_(k+1)(−h) D^(k)(λ),    φ_1(z) = (e^z − 1)/z,  φ_(k+1)(z) = (φ_k(z) − 1/k!)/z.
 
-The denoiser is called with σ as a [B] tensor in x's dtype (k-diffusion's `sigma * s_in`); step coefficients are
+The denoiser is called as `denoiser(x, σ, **extra_args)` (the conditioning channel of `scorelab.protocol`, passed
+through unchanged, e.g. `extra_args={"class_labels": y}`) with σ as a [B] tensor in x's dtype (k-diffusion's
+`sigma * s_in`); step coefficients are
 Python floats computed in float64 from the float64 grid. The callback gets
 `dict(i, x, sigma, sigma_next, denoised, nfe)`: x and denoised at `sigma` (before the step), nfe = denoiser calls
 made so far including step i's.
@@ -28,6 +31,7 @@ from itertools import pairwise
 import torch
 
 from ._checks import check_fraction, check_positive_int, check_sigmas, check_tensor
+from .protocol import check_denoiser, check_extra_args
 
 __all__ = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_stochastic", "euler_ancestral", "dpmpp_2m_sde",
            "SAMPLERS", "TRAITS", "Traits", "get", "traits", "to_d", "phi"]
@@ -35,25 +39,23 @@ __all__ = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_stochastic", "
 
 # ---------------------------------------------------------------------------------------------- shared pieces
 class _Calls:
-    """Call the denoiser with σ as a [B] tensor in x's dtype, counting the calls (NFE)."""
+    """Call the denoiser as D(x, σ, **extra_args) with σ as a [B] tensor in x's dtype, counting the calls (NFE)."""
 
-    def __init__(self, denoiser):
-        if not callable(denoiser):
-            raise TypeError(f"denoiser must be callable as denoiser(x, sigma); got {type(denoiser).__name__}")
-        self.denoiser, self.nfe = denoiser, 0
+    def __init__(self, denoiser, extra_args=None):
+        self.denoiser, self.extra_args, self.nfe = check_denoiser(denoiser), check_extra_args(extra_args), 0
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         self.nfe += 1
-        return self.denoiser(x, x.new_full((x.shape[0],), sigma))
+        return self.denoiser(x, x.new_full((x.shape[0],), sigma), **self.extra_args)
 
 
-def _start(denoiser, x, sigmas):
-    """Validate the common arguments: (counted denoiser, x, float64 grid as a list of Python floats)."""
+def _start(denoiser, x, sigmas, extra_args=None):
+    """Validate the common arguments: (counted denoiser with its extra_args, x, float64 grid as Python floats)."""
     check_tensor(x, name="x", min_ndim=1)
     grid = check_sigmas(sigmas)
     if grid[0] == 0:
         raise ValueError("sigmas must start at a noise level > 0")
-    return _Calls(denoiser), x, [float(s) for s in grid]
+    return _Calls(denoiser, extra_args), x, [float(s) for s in grid]
 
 
 def _step_log(callback, i, x, sigma, sigma_next, denoised, nfe) -> None:
@@ -151,10 +153,10 @@ def _derivatives(hist, n: int):
 
 # ---------------------------------------------------------------------------------------------- ODE samplers
 @torch.no_grad()
-def euler(denoiser, x, sigmas, *, callback=None, generator=None):
+def euler(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None):
     """Euler on the probability-flow ODE (Karras et al. 2022, eq. 3):
     x_(i+1) = x_i + (σ_(i+1) − σ_i) (x_i − D(x_i, σ_i)) / σ_i.   NFE = number of steps."""
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         denoised = model(x, sigma)
         _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
@@ -163,11 +165,11 @@ def euler(denoiser, x, sigmas, *, callback=None, generator=None):
 
 
 @torch.no_grad()
-def heun(denoiser, x, sigmas, *, callback=None, generator=None):
+def heun(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None):
     """Heun's second-order method (EDM, Karras et al. 2022, Algorithm 1, deterministic):
     d = (x − D(x, σ))/σ,  x' = x + (σ' − σ) d,  d' = (x' − D(x', σ'))/σ',  x_next = x + (σ' − σ)(d + d')/2;
     a step to σ' = 0 is the Euler step (which lands on D(x, σ)). NFE = 2·steps − 1 on a grid ending at 0."""
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         x_next, denoised = _heun_step(model, x, sigma, sigma_next)
         _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
@@ -176,7 +178,7 @@ def heun(denoiser, x, sigmas, *, callback=None, generator=None):
 
 
 @torch.no_grad()
-def dpmpp_2m(denoiser, x, sigmas, *, callback=None, generator=None, history=None):
+def dpmpp_2m(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, history=None):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data prediction, multistep in λ = −log σ:
 
         h = λ_(i+1) − λ_i,  r = h_(i−1)/h,  D̂ = (1 + 1/(2r)) D_i − 1/(2r) D_(i−1),
@@ -185,7 +187,7 @@ def dpmpp_2m(denoiser, x, sigmas, *, callback=None, generator=None, history=None
     The first step (no D_(i−1)) is first order (D̂ = D_i, DDIM); a step to σ = 0 (λ = ∞) is the exact limit
     x = D_i, as in k-diffusion. `history`: [(σ, D), ...] at earlier grid points (oldest first) used as if
     computed here, so a run on sigmas[k:] can start at second order. NFE = number of steps."""
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     hist = _check_history(history, sigmas[0])
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         denoised = model(x, sigma)
@@ -205,7 +207,8 @@ def dpmpp_2m(denoiser, x, sigmas, *, callback=None, generator=None, history=None
 
 
 @torch.no_grad()
-def dpmpp_3m(denoiser, x, sigmas, *, callback=None, generator=None, history=None, reference_coefficients=False):
+def dpmpp_3m(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, history=None,
+             reference_coefficients=False):
     """DPM-Solver++(3M), deterministic (Lu et al. 2022, "DPM-Solver++", multistep third order, data prediction):
 
         x_(i+1) = e^−h x_i + h φ_1(−h) D + h² φ_2(−h) D' + h³ φ_3(−h) D'',
@@ -218,7 +221,7 @@ def dpmpp_3m(denoiser, x, sigmas, *, callback=None, generator=None, history=None
     the reference weighting (bench/samplers.py compares both).
     Warm-up with first and second order; a step to σ = 0 is x = D_i. `history` as in `dpmpp_2m`.
     NFE = number of steps."""
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     hist = _check_history(history, sigmas[0])
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         denoised = model(x, sigma)
@@ -239,8 +242,8 @@ def dpmpp_3m(denoiser, x, sigmas, *, callback=None, generator=None, history=None
 
 
 @torch.no_grad()
-def unipc(denoiser, x, sigmas, *, callback=None, generator=None, order=2, variant="bh2", corrector=True,
-          lower_order_final=True, history=None):
+def unipc(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, order=2, variant="bh2",
+          corrector=True, lower_order_final=True, history=None):
     """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), data prediction, in λ = −log σ.
 
     With h = λ_t − λ_s, r_m = (λ_(s_m) − λ_s)/h for earlier points and r_p = 1, D_m = (D(s_m) − D(s))/r_m,
@@ -262,7 +265,7 @@ def unipc(denoiser, x, sigmas, *, callback=None, generator=None, order=2, varian
         raise ValueError(f"order must be 1, 2 or 3; got {order}")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     hist = _check_history(history, sigmas[0])
     n_steps = len(sigmas) - 1
     hist = (hist + [(_lam(sigmas[0]), model(x, sigmas[0]))])[-order:]
@@ -308,13 +311,13 @@ def _solve(rows, rhs):
 
 # ---------------------------------------------------------------------------------------------- stochastic samplers
 @torch.no_grad()
-def edm_stochastic(denoiser, x, sigmas, *, callback=None, generator=None, noise_sampler=None, S_churn=0.0,
-                   S_tmin=0.0, S_tmax=math.inf, S_noise=1.0):
+def edm_stochastic(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, noise_sampler=None,
+                   S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0):
     """EDM stochastic sampler (Karras et al. 2022, Algorithm 2): with N = steps,
     γ = min(S_churn/N, √2 − 1) if S_tmin ≤ σ ≤ S_tmax else 0,  σ̂ = σ(1 + γ),
     x̂ = x + √(σ̂² − σ²) S_noise ε,  then a Heun step from (x̂, σ̂) to σ_next (Euler when σ_next = 0).
     Noise is drawn only on steps with γ > 0, so S_churn = 0 is exactly `heun`."""
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     for name, v in (("S_churn", S_churn), ("S_noise", S_noise)):
         if not (math.isfinite(float(v)) and float(v) >= 0):
             raise ValueError(f"{name} must be a finite number >= 0; got {v}")
@@ -341,13 +344,13 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
 
 
 @torch.no_grad()
-def euler_ancestral(denoiser, x, sigmas, *, callback=None, generator=None, noise_sampler=None, eta=1.0,
-                    s_noise=1.0):
+def euler_ancestral(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, noise_sampler=None,
+                    eta=1.0, s_noise=1.0):
     """Ancestral Euler (Ho et al. 2020 ancestral sampling in σ-space, as k-diffusion's `sample_euler_ancestral`):
     an Euler step to σ_down, then fresh noise of std σ_up:  x' = x + (σ_down − σ) d + s_noise σ_up ε
     (`ancestral_step`). eta = 0 is exactly `euler`; eta = 1 is DDPM-like."""
     eta = check_fraction(eta, name="eta", high=math.inf)
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     noise = _noise(x, generator, noise_sampler)
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
         denoised = model(x, sigma)
@@ -360,8 +363,8 @@ def euler_ancestral(denoiser, x, sigmas, *, callback=None, generator=None, noise
 
 
 @torch.no_grad()
-def dpmpp_2m_sde(denoiser, x, sigmas, *, callback=None, generator=None, noise_sampler=None, eta=1.0, s_noise=1.0,
-                 solver_type="midpoint", history=None):
+def dpmpp_2m_sde(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, noise_sampler=None,
+                 eta=1.0, s_noise=1.0, solver_type="midpoint", history=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", SDE variant; as k-diffusion's `sample_dpmpp_2m_sde`):
     with h = λ' − λ, η h = eta·h,
 
@@ -373,7 +376,7 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, callback=None, generator=None, noise_sa
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun'; got {solver_type!r}")
     eta = check_fraction(eta, name="eta", high=math.inf)
-    model, x, sigmas = _start(denoiser, x, sigmas)
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
     hist = _check_history(history, sigmas[0])
     noise = _noise(x, generator, noise_sampler)
     for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):

@@ -12,12 +12,15 @@ Applications" (TMLR 2024), Sec. 5.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
 from ._checks import check_fraction, check_sigma, check_sigmas
+from .protocol import check_extra_args
+from .samplers import MULTISTEP, traits
 
-__all__ = ["teleport", "skip_index"]
+__all__ = ["teleport", "skip_index", "Jump", "plan"]
 
 
 def _scalar_sigma(value, name: str) -> float:
@@ -50,7 +53,8 @@ def skip_index(sigmas, skip=None, sigma_skip=None) -> int:
       k = ⌊skip·n + ½⌋ (rounded half up), capped at n − 1 so the network still takes at least one step.
     - `sigma_skip` >= 0: k = the first index with sigmas[k] <= sigma_skip (relative tolerance 1e-6, so a value
       read off a float32 grid lands on that grid point); the user's grid is kept and the jump ends exactly on it.
-      sigma_skip >= sigmas[0] gives k = 0 (no jump); a sigma_skip below sigmas[n − 1] is an error (no step left).
+      sigma_skip = sigmas[0] gives k = 0 (no jump); a sigma_skip above sigmas[0] (nothing to jump over: the grid
+      starts lower) or below sigmas[n − 1] (no step left for the network) is an error.
     Neither given → 0. Both given → error.
     """
     sigmas = check_sigmas(sigmas)
@@ -65,6 +69,9 @@ def skip_index(sigmas, skip=None, sigma_skip=None) -> int:
         return min(math.floor(skip * n_steps + 0.5 + 1e-9), n_steps - 1)
     if sigma_skip is not None:
         sigma_skip = _scalar_sigma(sigma_skip, "sigma_skip")
+        if sigma_skip > float(sigmas[0]) * (1 + 1e-6):
+            raise ValueError(f"sigma_skip must be <= sigmas[0] = {float(sigmas[0]):.6g} (the grid's largest noise "
+                             f"level, where the jump starts); got {sigma_skip:.6g}")
         hits = (sigmas <= sigma_skip * (1 + 1e-6)).nonzero()
         k = int(hits[0]) if len(hits) else n_steps
         if k >= n_steps:
@@ -73,3 +80,52 @@ def skip_index(sigmas, skip=None, sigma_skip=None) -> int:
         return k
     return 0
 
+
+
+@dataclass(frozen=True)
+class Jump:
+    """Teleportation as one composable step of a sampling run:
+
+        x_k, sigmas[k:], history = jump(x_T, sigmas)
+
+    x_T at sigmas[0] goes to x(σ_k) by the Gaussian's exact probability-flow solution; the solver then runs on
+    sigmas[k:]. With `warm_history`, `history` is [(σ_j, D_G(x(σ_j), σ_j))] at the (up to) `history_points` grid
+    points before k, oldest first, on the same exact path: the values a multistep solver would have computed
+    there, so its first network step is already high order. They are closed forms: no network evaluation.
+    `extra_args` (e.g. `{"class_labels": y}` for a class-conditional Gaussian) go to the Gaussian's
+    `trajectory` and denoiser; the call's own `extra_args` (a batch's slice) replace them."""
+
+    gaussian: object
+    k: int
+    warm_history: bool = False
+    history_points: int = 3
+    extra_args: dict = field(default_factory=dict)
+
+    def __call__(self, x_T: torch.Tensor, sigmas, extra_args=None):
+        cond = self.extra_args if extra_args is None else check_extra_args(extra_args)
+        if self.k == 0:
+            return x_T, sigmas, None
+        path = self.gaussian.trajectory(x_T, sigmas[:self.k + 1], **cond)          # [k + 1, B, *shape], exact
+        history = None
+        if self.warm_history:
+            history = [(float(sigmas[j]), self.gaussian(path[j], float(sigmas[j]), **cond))
+                       for j in range(max(0, self.k - self.history_points), self.k)]
+        return path[-1], sigmas[self.k:], history
+
+
+def plan(gaussian, sigmas, *, skip=None, sigma_skip=None, warm_history: bool = False, solver=None,
+         extra_args=None) -> Jump:
+    """The `Jump` that replaces the first k = `skip_index(sigmas, skip, sigma_skip)` steps of `sigmas` by the
+    exact jump of `gaussian` (a fitted `scorelab.Gaussian`, or anything with its `trajectory`). `warm_history`
+    needs a multistep `solver` (`samplers.traits(solver).multistep`) and k >= 1."""
+    if not (hasattr(gaussian, "trajectory") and callable(gaussian)):
+        raise TypeError(f"teleport must be a fitted scorelab.Gaussian (with .trajectory); "
+                        f"got {type(gaussian).__name__}")
+    k = skip_index(sigmas, skip=skip, sigma_skip=sigma_skip)
+    if warm_history:
+        if k == 0:
+            raise ValueError("warm_history=True needs a skip that replaces >= 1 step")
+        if solver is None or not traits(solver).multistep:
+            name = solver if isinstance(solver, str) else getattr(solver, "__name__", solver)
+            raise ValueError(f"warm_history=True needs a multistep solver {list(MULTISTEP)}; got {name!r}")
+    return Jump(gaussian, k, bool(warm_history), extra_args=check_extra_args(extra_args, name="teleport_args"))
