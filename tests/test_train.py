@@ -1,5 +1,6 @@
-"""Training loop: loss decreases towards the closed-form optimum, exact resume (also after SIGKILL), atomic
-checkpoints, config mismatch errors, learning-rate and σ schedules."""
+"""Training: loss decreases towards the closed-form optimum, exact resume (also after SIGKILL), atomic
+checkpoints, config mismatch errors, learning-rate and σ schedules; the loss, EMA and checkpoint pieces alone;
+short runs pinned to the numbers of the loop before it was split into those pieces."""
 import math
 import os
 import signal
@@ -14,7 +15,15 @@ import torch
 import scorelab as sl
 from scorelab._io import load_state
 from scorelab.cli import main as cli_main
-from scorelab.nets.train import CHECKPOINT, TrainConfig, _BatchOrder, _sample_sigma, train
+from scorelab.nets.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from scorelab.nets.ema import EMA
+from scorelab.nets.loss import EDMLoss
+from scorelab.nets.train import CHECKPOINT, TrainConfig, _BatchOrder, train
+
+
+def _sample_sigma(cfg, n, g):
+    return EDMLoss(cfg.p_mean, cfg.p_std, uniform_fraction=cfg.uniform_fraction, sigma_min=cfg.sigma_min,
+                   sigma_max=cfg.sigma_max).sample_sigma(n, g)
 
 MLP = dict(arch="mlp", net_options={"width": 32, "depth": 2})
 
@@ -316,3 +325,198 @@ def test_gaussian_skip_learns_the_non_gaussian_part():
             ratio[skip, s] = mse_net / float(((gauss(x, s) - x0) ** 2).mean())
     assert ratio["gaussian", 0.3] < 0.8, ratio
     assert ratio["gaussian", 80.0] < 1.1 and ratio["gaussian", 80.0] - 1 < 0.5 * (ratio["edm", 80.0] - 1), ratio
+
+
+# ---- the split pieces, and the loop pinned to its numbers before the split ----
+
+def _pinned_data(kind):
+    g = torch.Generator().manual_seed(0)
+    if kind == "images":
+        return torch.rand(16, 1, 8, 8, generator=g) * 2 - 1
+    a = torch.tensor([[0.8, 0.0], [0.5, 0.3]])
+    return torch.randn(64, 2, generator=g) @ a.T + torch.tensor([0.3, -0.2])
+
+
+# Computed with the single-function train() of commit 746ac4e (before the loss / EMA / checkpoint split): the loss
+# of every step (its float32 value to 1e-7) and the returned EMA network (sum and sum of squares of every weight in
+# float64; its denoiser at σ = 0.7 on the first two training samples).
+PINNED = {
+    "mlp": (dict(steps=20, batch_size=16, warmup=5, lr=3e-3, **MLP),
+            [1.3332734, 0.99406, 0.7325533, 0.9642544, 1.1414579, 1.1680144, 0.8389126, 0.9135087, 1.2823348,
+             1.0320809, 1.0353261, 1.0042678, 1.2777585, 1.1388369, 1.0632764, 0.6893998, 0.7843755, 1.1814489,
+             1.2039996, 1.0026079],
+            (102.54593861785179, 8494.228719541494),
+            [-0.22804349660873413, -0.6137915849685669, 0.14059168100357056, -0.21704904735088348]),
+    # conditional with label dropout, Gaussian skip, half of each batch log-uniform in σ
+    "gauss_cond": (dict(steps=20, batch_size=16, warmup=5, lr=3e-3, skip="gaussian", conditional=True,
+                        label_dropout=0.3, uniform_fraction=0.5, seed=1, **MLP),
+                   [0.9566393, 1.047155, 0.9023852, 0.7165975, 0.977818, 0.4163306, 1.1601304, 0.6985719, 0.8095034,
+                    1.9236729, 0.7972766, 0.8501862, 0.8442588, 0.8784236, 0.6623031, 0.3260275, 0.7272548, 0.8547346,
+                    0.7383208, 0.6421965],
+                   (107.00777965205339, 8597.086316781993),
+                   [-0.20933836698532104, -1.0516531467437744, 0.19506707787513733, -0.23499122262001038]),
+    # a U-Net with dropout: its masks seeded by the step
+    "unet_dropout": (dict(steps=5, batch_size=4, warmup=2, lr=1e-3, arch="unet-tiny", seed=2,
+                          net_options={"channels": [8, 8], "attn_levels": [], "dropout": 0.2}),
+                     [0.9617969, 1.1169541, 1.0113907, 0.9397342, 0.901886],
+                     (171.98695669496544, 2215.4296414340006),
+                     [-0.0021880425047129393, 0.21833786368370056, -0.34281450510025024, -0.30046144127845764]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_short_runs_match_the_loop_before_the_split(name, monkeypatch):
+    opts, losses, (w_sum, w_sum_sq), out = PINNED[name]
+    data = _pinned_data("images" if name == "unet_dropout" else "vectors")
+    labels = None
+    if name == "gauss_cond":
+        labels = (data[:, 0] > 0.3).long()
+        data = data ** 3
+    seen = []
+    call = EDMLoss.__call__
+
+    def recording(self, *args, **kwargs):
+        out = call(self, *args, **kwargs)
+        seen.append(out.detach().flatten(1).mean(1).mean().item())
+        return out
+
+    monkeypatch.setattr(EDMLoss, "__call__", recording)
+    model = train(data, labels=labels, progress=False, log_every=1, **opts)
+    np.testing.assert_allclose(seen, losses, rtol=0, atol=1e-6)
+    p = torch.cat([v.double().reshape(-1) for v in model.state_dict().values()])
+    assert math.isclose(float(p.sum()), w_sum, rel_tol=1e-7) and math.isclose(float((p ** 2).sum()), w_sum_sq,
+                                                                               rel_tol=1e-7)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(data[:2], 0.7).double().reshape(-1)[:4].numpy(), out, rtol=0, atol=1e-6)
+
+
+class _Recorder(torch.nn.Module):
+    """D(x, σ) = a·x (a learnable scalar), recording what it was called with."""
+
+    n_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.5))
+        self.calls = []
+
+    def forward(self, x, sigma, **cond):
+        self.calls.append((x.detach().clone(), sigma.detach().clone(), cond))
+        return self.a * x
+
+
+def test_edm_loss_is_the_weighted_squared_error_of_its_own_draws():
+    """EDMLoss(net, x0, labels, generator) = λ(σ)(D(x0 + σε, σ) − x0)² per element, σ and ε replayed from the same
+    seed in the documented order (σ: uniform part then log-normal part, ε, the label-dropout mask); labels reach the
+    network as class_labels, dropped ones as its n_classes."""
+    x0 = torch.randn(8, 3, 2, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loss_fn = EDMLoss(-0.5, 0.8, 0.6, uniform_fraction=0.25, sigma_min=0.01, sigma_max=50.0, label_dropout=0.5)
+    net = _Recorder()
+    loss = loss_fn(net, x0, labels, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    lo, hi = math.log(0.01), math.log(50.0)
+    sigma = torch.cat([lo + (hi - lo) * torch.rand(2, generator=g, dtype=torch.float64),
+                       -0.5 + 0.8 * torch.randn(6, generator=g, dtype=torch.float64)]).exp()
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    drop = torch.rand(8, generator=g) < 0.5
+    assert 0 < int(drop.sum()) < 8
+    x_in, s_in, cond = net.calls[0]
+    assert torch.equal(s_in, sigma) and torch.allclose(x_in, x0 + sigma[:, None, None] * eps, rtol=0, atol=1e-15)
+    assert torch.equal(cond["class_labels"], torch.where(drop, torch.tensor(3), labels))
+    lam = (sigma ** 2 + 0.36) / (sigma * 0.6) ** 2
+    expected = lam[:, None, None] * (0.5 * x_in - x0) ** 2
+    assert loss.shape == x0.shape and loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=0)
+    loss.sum().backward()                                               # d/da Σ λ(a x − x0)² = Σ 2λ(a x − x0)x
+    torch.testing.assert_close(net.a.grad, (2 * lam[:, None, None] * (0.5 * x_in - x0) * x_in).sum().float())
+    net.calls.clear()
+    EDMLoss()(net, x0.float())                                          # no labels: no conditioning argument
+    assert net.calls[0][2] == {} and net.calls[0][0].dtype == torch.float32
+
+
+def test_edm_loss_arguments_are_checked_by_name():
+    for kwargs, word in [(dict(P_std=0.0), "P_std"), (dict(sigma_data=-1.0), "sigma_data"),
+                         (dict(uniform_fraction=1.5), "uniform_fraction"), (dict(sigma_min=2.0, sigma_max=1.0),
+                                                                            "sigma_max"),
+                         (dict(label_dropout=-0.1), "label_dropout"), (dict(P_mean=float("nan")), "P_mean")]:
+        with pytest.raises(ValueError, match=word):
+            EDMLoss(**kwargs)
+    net = _Recorder()
+    with pytest.raises(ValueError, match="labels must have shape"):
+        EDMLoss()(net, torch.randn(4, 2), labels=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="x0"):
+        EDMLoss()(net, torch.zeros(4, dtype=torch.long))
+    plain = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="n_classes"):
+        EDMLoss(label_dropout=0.1)(lambda x, s, **c: plain(x), torch.randn(4, 2), labels=torch.zeros(4).long())
+
+
+def test_ema_half_life_in_images():
+    """β = 0.5^(B / min(h_kimg·1000, rampup·images)); θ_ema ← β θ_ema + (1 − β) θ, parameters only."""
+    src, avg = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    avg.register_buffer("stat", torch.ones(1))
+    ema = EMA(avg, halflife_kimg=0.05, rampup=0.5)
+    assert not any(p.requires_grad for p in avg.parameters())
+    assert ema.beta(images=40, batch_size=8) == 0.5 ** (8 / 20)        # ramp-up: h = 0.5 · 40
+    assert ema.beta(images=4000, batch_size=8) == 0.5 ** (8 / 50)      # h = 0.05 · 1000
+    before = [p.detach().clone() for p in avg.parameters()]
+    ema.update(src, images=40, batch_size=8)
+    b = 0.5 ** (8 / 20)
+    for p0, p, q in zip(before, avg.parameters(), src.parameters()):
+        torch.testing.assert_close(p, b * p0 + (1 - b) * q.detach())
+    assert torch.equal(avg.stat, torch.ones(1))
+    for _ in range(200):                                                 # converges to a fixed source
+        ema.update(src, images=10 ** 6, batch_size=8)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(avg.parameters(), src.parameters()))
+    with pytest.raises(ValueError, match="net must have"):
+        ema.update(torch.nn.Linear(3, 2, bias=False), images=8, batch_size=8)
+
+
+def test_checkpoint_round_trip_restores_weights_ema_and_adam(tmp_path):
+    """save_checkpoint → read_checkpoint → load_checkpoint into fresh objects gives back every tensor, and the
+    restored optimiser takes the same next step as the original; no temporary file is left behind."""
+    cfg = sl.nets.arch_config("mlp", width=8, depth=2)
+    from scorelab.nets import build
+
+    model_cfg = {**cfg, "shape": [2], "sigma_data": 0.5, "n_classes": 0}
+    torch.manual_seed(1)
+    model, ema = build(model_cfg), build(model_cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(16, 2)
+    for _ in range(3):
+        opt.zero_grad()
+        EDMLoss()(model, x, generator=torch.Generator().manual_seed(0)).mean().backward()
+        opt.step()
+    meta = {"train": {"batch_size": 16}, "data": {}, "step": 3, "wall_seconds": 0.5, "history": [[3, 1.0, 9.0]]}
+    save_checkpoint(tmp_path, model, ema, opt, meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "config.json", "model.safetensors"]
+    tensors, saved = read_checkpoint(tmp_path)
+    assert saved["step"] == 3 and saved["history"] == [[3, 1.0, 9.0]]
+    torch.manual_seed(2)
+    model2, ema2 = build(model_cfg), build(model_cfg)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    load_checkpoint(tensors, model2, ema2, opt2)
+    for a, b in [(model, model2), (ema, ema2)]:
+        assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    for m, o in [(model, opt), (model2, opt2)]:
+        o.zero_grad()
+        EDMLoss()(m, x, generator=torch.Generator().manual_seed(5)).mean().backward()
+        o.step()
+    assert all(torch.equal(u, v) for u, v in zip(model.parameters(), model2.parameters()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_runs_unchanged_on_cuda(tmp_path):
+    """device='cuda': the same batches (drawn on the CPU from the step's generator), losses equal to the CPU run's
+    up to float32 kernel differences, a checkpoint that resumes on the CPU."""
+    opts, losses, _, _ = PINNED["gauss_cond"]
+    data = _pinned_data("vectors")
+    labels = (data[:, 0] > 0.3).long()
+    model = train(data ** 3, labels=labels, progress=False, log_every=1, device="cuda", out=tmp_path,
+                  **{**opts, "steps": 10, "checkpoint_every": 5})
+    assert next(model.parameters()).is_cuda
+    np.testing.assert_allclose([h[1] for h in model.training_["history"]], losses[:10], rtol=0, atol=2e-3)
+    cpu = train(data ** 3, labels=labels, progress=False, log_every=1, out=tmp_path, resume=True,
+                **{**opts, "steps": 12, "checkpoint_every": 5})
+    assert not next(cpu.parameters()).is_cuda and len(cpu.training_["history"]) == 12

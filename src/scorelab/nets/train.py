@@ -1,19 +1,18 @@
-"""Train an EDM-preconditioned denoiser on the CPU (Karras et al. 2022, sec. 5 and appendix B.6).
+"""Train an EDM-preconditioned denoiser (Karras et al. 2022, sec. 5 and appendix B.6); CPU or CUDA alike.
 
-Loss: E_{x0, σ, ε} λ(σ) ‖D(x0 + σε, σ) − x0‖², λ(σ) = (σ² + σ_d²) / (σ σ_d)².
-σ distribution: a mixture — a fraction `uniform_fraction` of each batch log-uniform on [sigma_min, sigma_max], the
-rest log-normal ln σ ~ N(p_mean, p_std²) — so that large σ (≳ 8), which the log-normal alone almost never
-draws, is trained too. Adam, linear warm-up then cosine decay of the learning rate, gradient-norm clipping,
-EMA of the weights with a half-life in images (EDM's `ema_halflife_kimg`, ramped up over the first images).
+The pieces, each readable alone: the loss `EDMLoss` (nets/loss.py: λ(σ)‖D(x0 + σε, σ) − x0‖² with a σ mixture that
+trains large σ too), the weights' average `EMA` (nets/ema.py: half-life in images, ramped up), the checkpoint
+functions (nets/checkpoint.py: atomic safetensors, resumable), and here the configuration and the loop: Adam,
+linear warm-up then cosine decay of the learning rate, gradient-norm clipping, a loss log.
 
 Every batch is a pure function of (seed, step): the data order is a per-epoch permutation and the noise comes
 from a generator seeded by the step, so a run resumed from a checkpoint continues exactly as if never stopped.
-Checkpoints (`checkpoint.safetensors`: weights, EMA, Adam state; `model.safetensors` + `config.json`: the EMA
-denoiser `load_model` reads) are written atomically every `checkpoint_every` steps. `init=` warm-starts a new run
-from a saved model's weights (a fresh optimiser and schedule: continuing a model whose run directory is gone).
+Checkpoints are written atomically every `checkpoint_every` steps. `init=` warm-starts a new run from a saved
+model's weights (a fresh optimiser and schedule: continuing a model whose run directory is gone).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -23,13 +22,13 @@ from pathlib import Path
 import torch
 
 from .._checks import check_data, check_fraction, check_positive_int
-from .._io import load_state, save_state, write_json
-from .precond import edm_loss_weight
+from .checkpoint import CHECKPOINT, CKPT_KIND, CONFIG, MODEL, load_checkpoint, read_checkpoint, read_init, \
+    remove_stale, save_checkpoint
+from .ema import EMA
+from .loss import EDMLoss
 
-__all__ = ["TrainConfig", "train", "CHECKPOINT", "MODEL"]
+__all__ = ["TrainConfig", "train", "CHECKPOINT", "MODEL", "CONFIG", "CKPT_KIND", "EDMLoss", "EMA"]
 
-CHECKPOINT, MODEL, CONFIG = "checkpoint.safetensors", "model.safetensors", "config.json"
-CKPT_KIND = "edm-train-checkpoint"
 # Fields that may change when resuming: they do not change what is computed at a given step.
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
 # Fields a resumed run may change on purpose (`change=`, CLI `--change`): a new optimisation stage on the same
@@ -104,6 +103,15 @@ class TrainConfig:
             lr *= self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         return lr
 
+    def loss(self) -> EDMLoss:
+        """The loss this configuration trains with (`sigma_data` must be set)."""
+        return EDMLoss(self.p_mean, self.p_std, self.sigma_data, uniform_fraction=self.uniform_fraction,
+                       sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+                       label_dropout=self.label_dropout)
+
+    def ema(self, model) -> EMA:
+        return EMA(model, halflife_kimg=self.ema_halflife_kimg, rampup=self.ema_rampup)
+
 
 def _fingerprint(data: torch.Tensor, labels) -> dict:
     d = data.to(torch.float64)
@@ -136,15 +144,6 @@ class _BatchOrder:
         return torch.cat(out)
 
 
-def _sample_sigma(cfg: TrainConfig, b: int, g: torch.Generator) -> torch.Tensor:
-    """First round(b·uniform_fraction) entries log-uniform on [sigma_min, sigma_max], the rest log-normal."""
-    n_u = round(b * cfg.uniform_fraction)
-    lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
-    log_u = lo + (hi - lo) * torch.rand(n_u, generator=g, dtype=torch.float64)
-    log_n = cfg.p_mean + cfg.p_std * torch.randn(b - n_u, generator=g, dtype=torch.float64)
-    return torch.cat([log_u, log_n]).exp()
-
-
 def _train_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -171,34 +170,53 @@ def _check_resume(saved: dict, new: dict, saved_fp: dict, new_fp: dict, change=(
         raise ValueError(f"cannot resume: field 'data' differs from the checkpoint's data ({', '.join(diff)})")
 
 
-def _save(out: Path, model, ema, opt, meta: dict) -> None:
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
-    for i, st in opt.state_dict()["state"].items():
-        tensors.update({f"opt/{i}/{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
-    info = {"steps": meta["step"], "images": meta["step"] * meta["train"]["batch_size"],
-            "wall_seconds": round(meta["wall_seconds"], 1), "final_loss": meta["history"][-1][1] if meta["history"] else None}
-    from . import save_model
-
-    save_model(ema, out / MODEL, extra={"training": info, "init": meta.get("init")})   # loadable at any time
-    write_json(out / CONFIG, {"model": ema.config, "train": meta["train"], "data": meta["data"], "training": info,
-                              "stages": meta.get("stages", []), "init": meta.get("init"), "history": meta["history"]})
-    save_state(out / CHECKPOINT, tensors, kind=CKPT_KIND, config=meta)     # written last: the resume point
 
 
-def _init_record(init, model_cfg: dict) -> tuple[dict, dict]:
-    """Weights of the saved model `init` (directory or .safetensors) and the provenance record of the warm start."""
-    from . import KIND, model_file, model_sha256
+class _LossLog:
+    """Mean loss, images/s and learning rate over each `every` steps (and the last): history rows
+    [step, loss, img/s], shown on the progress bar."""
 
-    path = model_file(init, name="init")
-    tensors, _, saved = load_state(path, kind=KIND)
-    src = saved["model"]
-    for key in sorted(set(src) | set(model_cfg)):
-        if src.get(key) != model_cfg.get(key):
-            raise ValueError(f"init model's config field {key!r} is {src.get(key)!r}; this run's is "
-                             f"{model_cfg.get(key)!r} (same arch, net options, data shape and sigma_data needed)")
-    digest = model_sha256(path)
-    return tensors, {"path": str(init), "sha256": digest, "training": saved.get("training")}
+    def __init__(self, history: list, every: int, last: int, bar):
+        self.history, self.every, self.last, self.bar = history, every, last, bar
+        self.window, self.t0 = [], time.perf_counter()
+
+    def add(self, step: int, loss: float, batch_size: int, lr: float) -> None:
+        self.window.append(loss)
+        if len(self.window) == self.every or step + 1 == self.last:
+            now = time.perf_counter()
+            img_s = len(self.window) * batch_size / (now - self.t0)
+            self.history.append([step + 1, round(sum(self.window) / len(self.window), 5), round(img_s, 1)])
+            self.bar.set_postfix(loss=f"{self.history[-1][1]:.4f}", img_s=f"{img_s:.0f}", lr=f"{lr:.2e}")
+            self.window, self.t0 = [], now
+
+
+def _check_labels(labels, data: torch.Tensor, cfg: TrainConfig):
+    if not cfg.conditional:
+        return None
+    if labels is None:
+        raise ValueError("labels must be given when conditional=True")
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if labels.shape[0] != data.shape[0] or (labels < 0).any():
+        raise ValueError(f"labels must be {data.shape[0]} non-negative ints; got shape {tuple(labels.shape)}")
+    return labels
+
+
+def _resume_into(out: Path, model, ema, opt, meta: dict, cfg: TrainConfig, change: tuple, init) -> None:
+    """Load `out`'s checkpoint into the run after checking it is the same run (ValueError naming the field)."""
+    tensors, saved = read_checkpoint(out)
+    _check_resume(saved["train"], meta["train"], saved["data"], meta["data"], change)
+    if init is not None and (saved.get("init") or {}).get("sha256") != meta["init"]["sha256"]:
+        raise ValueError(f"cannot resume: field 'init' differs (checkpoint started from "
+                         f"{(saved.get('init') or {}).get('path')!r}, this run names {str(init)!r})")
+    meta["init"] = saved.get("init")
+    stages = list(saved.get("stages", []))
+    changed = {k: [saved["train"].get(k), meta["train"][k]] for k in change if saved["train"].get(k) != meta["train"][k]}
+    if changed:
+        stages.append({"step": saved["step"], "changed": changed})
+    meta["stages"] = stages
+    load_checkpoint(tensors, model, ema, opt)
+    meta.update(step=saved["step"], wall_seconds=saved["wall_seconds"], history=saved["history"])
+    meta["train"]["steps"] = cfg.steps
 
 
 def train(data, *, out=None, labels=None, config: TrainConfig | None = None, resume: bool = False,
@@ -211,7 +229,9 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     fields of STAGE_FIELDS (learning rate, its schedule, clipping, EMA length) that this resumed run sets anew:
     a new stage, recorded in the checkpoint's `stages`. `init` (a model directory or .safetensors of the same arch)
     starts the weights and EMA from that model instead of random ones; recorded as `init` (path, sha256) in the
-    checkpoint and config.json. A resumed run ignores `init` unless it names a different file (ValueError)."""
+    checkpoint and config.json. A resumed run ignores `init` unless it names a different file (ValueError).
+    `device` (default CPU; e.g. "cuda") is where the network lives; each batch's random draws are made on the CPU
+    from the step's generator, so a run gives the same batches on any device."""
     from tqdm.auto import tqdm
 
     from . import arch_config, build
@@ -223,127 +243,77 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     if bad:
         raise ValueError(f"change may only name {', '.join(STAGE_FIELDS)}; got {', '.join(map(repr, bad))}")
     data = check_data(data, name="data", min_samples=2)
-    if cfg.conditional:
-        if labels is None:
-            raise ValueError("labels must be given when conditional=True")
-        labels = torch.as_tensor(labels).long().reshape(-1)
-        if labels.shape[0] != data.shape[0] or (labels < 0).any():
-            raise ValueError(f"labels must be {data.shape[0]} non-negative ints; got shape {tuple(labels.shape)}")
-    else:
-        labels = None
-    device = torch.device(device or "cpu")
+    labels = _check_labels(labels, data, cfg)
     if cfg.sigma_data is None:
         cfg.sigma_data = round(float(data.to(torch.float64).std()), 4)
-    n_classes = int(labels.max()) + 1 if labels is not None else 0
     model_cfg = {**arch_config(cfg.arch, **cfg.net_options), "shape": list(data.shape[1:]),
-                 "sigma_data": cfg.sigma_data, "n_classes": n_classes}
+                 "sigma_data": cfg.sigma_data, "n_classes": int(labels.max()) + 1 if labels is not None else 0}
     if cfg.skip != "edm":
         model_cfg["skip"] = cfg.skip
 
     torch.manual_seed(cfg.seed)
-    model = build(model_cfg).to(device)
+    model = build(model_cfg).to(torch.device(device or "cpu"))
+    device = next(model.parameters()).device
     if cfg.skip == "gaussian":
         from ..models.gaussian import Gaussian
 
         model.set_gaussian(Gaussian.fit(data))
-    ema = build(model_cfg).to(device)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
+    ema = cfg.ema(build(model_cfg).to(device))
+    ema.model.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-    has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    loss_fn = cfg.loss()
     meta = {"train": _train_dict(cfg), "data": _fingerprint(data, labels), "data_name": data_name, "step": 0,
             "wall_seconds": 0.0, "history": []}
     if init is not None:
-        weights, meta["init"] = _init_record(init, model_cfg)
+        weights, meta["init"] = read_init(init, model_cfg)
         model.load_state_dict(weights)
-        ema.load_state_dict(weights)
-
+        ema.model.load_state_dict(weights)
     out = Path(out) if out is not None else None
-    if out is not None and out.is_dir():
-        for stale in out.glob(".*.tmp"):      # left by a process killed while writing: the target is intact
-            stale.unlink(missing_ok=True)
-    if out is not None and (out / CHECKPOINT).exists():
-        if not resume:
-            raise ValueError(f"out {str(out)!r} already holds a checkpoint; pass resume=True (--resume) to continue "
-                             "it or choose another directory")
-        tensors, _, saved = load_state(out / CHECKPOINT, kind=CKPT_KIND)
-        _check_resume(saved["train"], meta["train"], saved["data"], meta["data"], change)
-        if init is not None and (saved.get("init") or {}).get("sha256") != meta["init"]["sha256"]:
-            raise ValueError(f"cannot resume: field 'init' differs (checkpoint started from "
-                             f"{(saved.get('init') or {}).get('path')!r}, this run names {str(init)!r})")
-        meta["init"] = saved.get("init")
-        stages = list(saved.get("stages", []))
-        changed = {k: [saved["train"].get(k), meta["train"][k]] for k in change
-                   if saved["train"].get(k) != meta["train"][k]}
-        if changed:
-            stages.append({"step": saved["step"], "changed": changed})
-        meta["stages"] = stages
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
-        state = {}
-        for k, v in tensors.items():
-            if k.startswith("opt/"):
-                _, i, name = k.split("/")
-                state.setdefault(int(i), {})[name] = v.to(device)
-        opt_sd = opt.state_dict()
-        opt_sd["state"] = state
-        opt.load_state_dict(opt_sd)
-        meta.update(step=saved["step"], wall_seconds=saved["wall_seconds"], history=saved["history"])
-        meta["train"]["steps"] = cfg.steps
+    if out is not None:
+        remove_stale(out)
+        if (out / CHECKPOINT).exists():
+            if not resume:
+                raise ValueError(f"out {str(out)!r} already holds a checkpoint; pass resume=True (--resume) to "
+                                 "continue it or choose another directory")
+            _resume_into(out, model, ema.model, opt, meta, cfg, change, init)
 
-    params, ema_params = list(model.parameters()), list(ema.parameters())
+    has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
     order = _BatchOrder(data.shape[0], cfg.batch_size, cfg.seed)
     start = meta["step"]
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train",
                unit="step", dynamic_ncols=True)
-    window, t_window, t_last = [], time.perf_counter(), time.perf_counter()
+    log, t_last = _LossLog(meta["history"], cfg.log_every, cfg.steps, bar), time.perf_counter()
     model.train()
     for step in bar:
         lr = cfg.learning_rate(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        seed = cfg.seed * 1_000_003 + step
         idx = order(step)
         x0 = data[idx].to(device)
-        b = x0.shape[0]
-        sigma = _sample_sigma(cfg, b, g)
-        noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        y = None
-        if labels is not None:
-            y = labels[idx].clone()
-            y[torch.rand(b, generator=g) < cfg.label_dropout] = n_classes   # "no label"
-            y = y.to(device)
-        sigma_x = sigma.to(device=device, dtype=x0.dtype)
-        x_noisy = x0 + sigma_x.view(-1, *[1] * (x0.ndim - 1)) * noise.to(device)
-        if has_dropout:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed * 1_000_003 + step)             # dropout masks: a function of the step
-                denoised = model(x_noisy, sigma_x, y)
-        else:
-            denoised = model(x_noisy, sigma_x, y)
-        weight = edm_loss_weight(sigma, model.sigma_data).to(device=device, dtype=x0.dtype)
-        loss = (weight * ((denoised - x0) ** 2).flatten(1).mean(1)).mean()
+        y = labels[idx].to(device) if labels is not None else None
+        with _seeded_dropout(seed) if has_dropout else contextlib.nullcontext():
+            loss = loss_fn(model, x0, y, generator=torch.Generator().manual_seed(seed)).flatten(1).mean(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        with torch.no_grad():                                              # EMA, half-life in images
-            halflife = min(cfg.ema_halflife_kimg * 1000, (step + 1) * b * cfg.ema_rampup)
-            beta = 0.5 ** (b / max(halflife, 1e-8))
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - beta)
-        window.append(loss.item())
-        if len(window) == cfg.log_every or step + 1 == cfg.steps:
-            now = time.perf_counter()
-            img_s = len(window) * b / (now - t_window)
-            meta["history"].append([step + 1, round(sum(window) / len(window), 5), round(img_s, 1)])
-            bar.set_postfix(loss=f"{meta['history'][-1][1]:.4f}", img_s=f"{img_s:.0f}", lr=f"{lr:.2e}")
-            window, t_window = [], now
+        ema.update(model, images=(step + 1) * x0.shape[0], batch_size=x0.shape[0])
+        log.add(step, loss.item(), x0.shape[0], lr)
         if out is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             now = time.perf_counter()
             meta["wall_seconds"] += now - t_last
             t_last = now
             meta["step"] = step + 1
-            _save(out, model, ema, opt, meta)
+            save_checkpoint(out, model, ema.model, opt, meta)
     bar.close()
-    ema.training_ = {"steps": cfg.steps, "history": meta["history"]}
-    return ema.eval()
+    ema.model.training_ = {"steps": cfg.steps, "history": meta["history"]}
+    return ema.model.eval()
+
+
+@contextlib.contextmanager
+def _seeded_dropout(seed: int):
+    """Dropout masks a function of the step: the global generator seeded inside a fork (restored after)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
