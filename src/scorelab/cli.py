@@ -37,6 +37,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:    # every sub-command's --device, checked before any work
+            from .commands import check_device
+
+            check_device(args.device)
         status = args.func(args)
     except KeyboardInterrupt:
         print("scorelab: interrupted", file=sys.stderr)

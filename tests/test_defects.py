@@ -1,0 +1,36 @@
+"""Defects found by trying scorelab as a new user would (issue "the house", list of nine + "Also"): each test
+reproduced its defect before the fix. CLI errors: exit status 2, exactly one line on stderr, no traceback."""
+import pytest
+import torch
+
+from scorelab import cli
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the CLI in-process; it must return 2 and write exactly one line to stderr (an exception = traceback)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, (code, err)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def gaussian_file(tmp_path_factory):
+    """A Gaussian fitted to scikit-learn's digits ([N, 1, 8, 8]), saved as `scorelab fit gaussian` does."""
+    import scorelab as sl
+
+    path = tmp_path_factory.mktemp("models") / "g.safetensors"
+    sl.Gaussian.fit(sl.data.load("digits", split="train")).save(path)
+    return path
+
+
+# 1. --device cuda without CUDA, --device bogus: a traceback (exit 1) before.
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"]))
+def test_unusable_device_is_one_line(capsys, gaussian_file, tmp_path, device):
+    line = cli_error(capsys, "sample", "--model", gaussian_file, "--device", device, "--n", 2, "--steps", 2,
+                     "--no-progress", "--out", tmp_path / "s.png")
+    assert line.startswith("scorelab sample: error: --device") and repr(device) in line
+    assert "available: cpu" in line
+    assert not (tmp_path / "s.png").exists()
