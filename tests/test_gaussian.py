@@ -324,3 +324,26 @@ def test_constructor_validation():
         Gaussian(torch.zeros(4), torch.ones(2), q[:, :2], residual_var=-1.0)
     with pytest.raises(ValueError, match="mean contains NaN"):
         Gaussian(torch.full((4,), float("nan")), torch.ones(2), q[:, :2])
+
+
+def test_one_closed_form_for_gaussian_precond_and_wiener():
+    """The Gaussian skip of EDMPrecond, Wiener's linear mode and Gaussian itself are one function
+    (models.gaussian.gaussian_denoiser), equal to the dense solve μ + Σ(Σ + σ²I)⁻¹(x − μ) in float64."""
+    from scorelab.models.gaussian import gaussian_denoiser
+    from scorelab.models.local import Wiener
+    from scorelab.nets.precond import EDMPrecond
+
+    gen = torch.Generator().manual_seed(3)
+    data = torch.randn(200, 1, 3, 3, generator=gen, dtype=F64) * torch.linspace(0.2, 2, 9, dtype=F64).reshape(1, 1, 3, 3)
+    x = torch.randn(5, 1, 3, 3, generator=gen, dtype=F64)
+    sigma = torch.tensor([0.0, 0.1, 0.7, 3.0, 40.0], dtype=F64)
+    g = Gaussian.fit(data)
+    flat = data.reshape(200, 9)
+    mu, cov = flat.mean(0), torch.cov(flat.T, correction=0)
+    dense = torch.stack([mu + cov @ torch.linalg.solve(cov + s ** 2 * torch.eye(9, dtype=F64), xi - mu)
+                         for xi, s in zip(x.reshape(5, 9), sigma)]).reshape(x.shape)
+    precond = EDMPrecond(torch.nn.Identity(), sigma_data=0.5, shape=(1, 3, 3), skip="gaussian").double().set_gaussian(g)
+    wiener = Wiener(data, mode="linear")
+    for out in (g(x, sigma), precond.gaussian_denoiser(x, sigma.reshape(-1, 1, 1, 1)), wiener(x, sigma),
+                gaussian_denoiser(x.reshape(5, 9), sigma.reshape(-1, 1) ** 2, mu, g.eigvals_, g.eigvecs_).reshape(x.shape)):
+        torch.testing.assert_close(out, dense, rtol=1e-10, atol=1e-10)

@@ -19,7 +19,7 @@ import torch
 from .._checks import check_data, check_positive_int, check_sigma, check_sigmas, check_tensor, sigma_view
 from .._io import load_state, save_state
 
-__all__ = ["Gaussian"]
+__all__ = ["Gaussian", "gaussian_denoiser", "shrinkage"]
 
 
 def _as_float64(value, name: str) -> torch.Tensor:
@@ -180,12 +180,7 @@ class Gaussian:
 
     def _apply(self, z: torch.Tensor, coef_eig: torch.Tensor, coef_res) -> torch.Tensor:
         """U diag(coef_eig) Uᵀ z + coef_res · (I − U Uᵀ) z for z [..., B, d], coef_eig [..., B or 1, r]."""
-        u = self.eigvecs_
-        c = z @ u
-        out = (c * coef_eig) @ u.T
-        if self._has_residual:
-            out = out + coef_res * (z - c @ u.T)
-        return out
+        return eigen_apply(z, self.eigvecs_, coef_eig, coef_res if self._has_residual else None)
 
     def _singular(self) -> bool:
         return bool((self.eigvals_ == 0).any()) or (self._has_residual and self.residual_var_ == 0)
@@ -199,8 +194,8 @@ class Gaussian:
         """
         xf = self._flatten(x)
         s2 = self._sigma2(sigma, xf)
-        z = xf - self.mean_.reshape(1, -1)
-        out = self.mean_.reshape(1, -1) + self._apply(z, _shrink(self.eigvals_, s2), _shrink(self.residual_var_, s2))
+        out = gaussian_denoiser(xf, s2, self.mean_.reshape(1, -1), self.eigvals_, self.eigvecs_,
+                                self.residual_var_ if self._has_residual else None)
         if not self._singular():
             out = torch.where(s2 == 0, xf, out)                  # D(x, 0) = x exactly when Σ is full rank
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
@@ -293,8 +288,32 @@ def _array_like(data) -> bool:
     return hasattr(data, "shape") and hasattr(data, "ndim") and hasattr(data, "__getitem__")
 
 
-def _shrink(var, s2: torch.Tensor):
-    """var / (var + σ²), with the σ → 0⁺ limit at σ = 0 (1 if var > 0, 0 if var = 0): never 0/0."""
+def gaussian_denoiser(x: torch.Tensor, sigma2: torch.Tensor, mean: torch.Tensor, eigvals: torch.Tensor,
+                      eigvecs: torch.Tensor, residual_var=None) -> torch.Tensor:
+    """The Gaussian denoiser in closed form, the one implementation every model that needs it calls:
+
+        D_G(x, σ) = μ + U diag(λ / (λ + σ²)) Uᵀ (x − μ) [+ ρ / (ρ + σ²) · (I − U Uᵀ)(x − μ) if residual_var=ρ]
+
+    for flattened x [B, d], σ² as a [B or 1, 1] column, μ [d] or [1, d], λ [r], U [d, r] (orthonormal columns);
+    computed in the inputs' dtype. At σ = 0 each ratio takes its σ → 0⁺ limit (1 where the variance is > 0,
+    0 where it is 0), so the result is the projection of x onto the Gaussian's support, never 0/0. Used by
+    `Gaussian`, the Gaussian skip of `nets.precond.EDMPrecond` and `models.local_wiener.Wiener`'s linear mode."""
+    coef_res = None if residual_var is None else shrinkage(residual_var, sigma2)
+    return mean + eigen_apply(x - mean, eigvecs, shrinkage(eigvals, sigma2), coef_res)
+
+
+def eigen_apply(z: torch.Tensor, u: torch.Tensor, coef_eig: torch.Tensor, coef_res=None) -> torch.Tensor:
+    """U diag(coef_eig) Uᵀ z (+ coef_res · (I − U Uᵀ) z) for z [..., B, d], U [d, r], coef_eig [..., B or 1, r]."""
+    c = z @ u
+    out = (c * coef_eig) @ u.T
+    if coef_res is not None:
+        out = out + coef_res * (z - c @ u.T)
+    return out
+
+
+def shrinkage(var, s2: torch.Tensor) -> torch.Tensor:
+    """var / (var + σ²), the Gaussian denoiser's gain along a direction of variance var, with the σ → 0⁺ limit at
+    σ = 0 (1 if var > 0, 0 if var = 0): never 0/0."""
     var = torch.as_tensor(var, dtype=s2.dtype, device=s2.device)
     denom = var + s2
     return torch.where(denom > 0, var / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))

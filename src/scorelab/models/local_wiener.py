@@ -8,6 +8,7 @@ import torch
 
 from .._checks import check_data, check_fraction, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
+from .gaussian import gaussian_denoiser, shrinkage
 from .local import DEFAULT_CHUNK, _subset
 
 __all__ = ["Wiener"]
@@ -63,9 +64,9 @@ class Wiener:
     shape_ = shape
 
     def filter(self, sigma: float) -> torch.Tensor:
-        """W_σ = U diag(λ / (λ + σ²)) Uᵀ, [d, d]."""
-        lam = self.eigvals_
-        return (self.eigvecs_ * (lam / (lam + float(sigma) ** 2))) @ self.eigvecs_.T
+        """W_σ = U diag(λ / (λ + σ²)) Uᵀ, [d, d] (the gains of `models.gaussian.shrinkage`)."""
+        s2 = torch.full((1, 1), float(sigma) ** 2, dtype=self.eigvals_.dtype, device=self.eigvals_.device)
+        return (self.eigvecs_ * shrinkage(self.eigvals_, s2)) @ self.eigvecs_.T
 
     def masks(self, sigma: float) -> torch.Tensor:
         """Boolean [d, d]: row p = the locality mask of pixel p at σ."""
@@ -84,15 +85,14 @@ class Wiener:
         return torch.zeros_like(eye).scatter_(1, order, keep)
 
     def linear(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """μ + U diag(λ / (λ + σ²)) Uᵀ (x − μ), per-sample σ allowed."""
+        """μ + U diag(λ / (λ + σ²)) Uᵀ (x − μ), per-sample σ allowed (`models.gaussian.gaussian_denoiser`)."""
         check_tensor(x, name="x", min_ndim=2)
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape))}]; got {tuple(x.shape)}")
-        xd = x.to(self.mean_)
-        s = sigma_view(sigma, xd).reshape(-1, 1)
-        z = (xd - self.mean_).reshape(x.shape[0], -1) @ self.eigvecs_
-        z = z * (self.eigvals_ / (self.eigvals_ + s ** 2))
-        return (self.mean_ + (z @ self.eigvecs_.T).reshape(x.shape)).to(x.dtype)
+        xf = x.to(self.mean_).reshape(x.shape[0], -1)
+        s2 = sigma_view(sigma, xf).reshape(-1, 1) ** 2
+        out = gaussian_denoiser(xf, s2, self.mean_.reshape(1, -1), self.eigvals_, self.eigvecs_)
+        return out.reshape(x.shape).to(x.dtype)
 
     def masked(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """The masked empirical denoiser with the locality masks at each sample's σ."""

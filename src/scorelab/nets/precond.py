@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._checks import sigma_view
+from ..models.gaussian import gaussian_denoiser
 
 __all__ = ["EDMPrecond", "edm_coefficients", "edm_loss_weight"]
 
@@ -91,13 +92,12 @@ class EDMPrecond(nn.Module):
         return self
 
     def gaussian_denoiser(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """D_G(x, σ) = μ + U diag(λ/(λ+σ²)) Uᵀ(x − μ) in float64 (σ as a [B or 1, 1, ...] view); x at σ = 0."""
+        """D_G(x, σ) = μ + U diag(λ/(λ+σ²)) Uᵀ(x − μ) in float64 (`models.gaussian.gaussian_denoiser`; σ as a
+        [B or 1, 1, ...] view); x itself at σ = 0."""
         xf = x.reshape(x.shape[0], -1).to(torch.float64)
         s2 = s.reshape(-1, 1).to(torch.float64) ** 2
         mu, lam, u = (b.to(torch.float64) for b in (self.gauss_mean, self.gauss_eigvals, self.gauss_eigvecs))
-        coef = lam / (lam + s2).clamp_min(torch.finfo(torch.float64).tiny)
-        out = mu + (((xf - mu) @ u) * coef) @ u.T
-        return torch.where(s2 == 0, xf, out).reshape(x.shape)
+        return torch.where(s2 == 0, xf, gaussian_denoiser(xf, s2, mu, lam, u)).reshape(x.shape)
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         if x.shape[1:] != self.shape_:
