@@ -17,6 +17,9 @@ _LAZY = {
     "diagnostics": ("scorelab.diagnostics", None),
     "models": ("scorelab.models", None),
     "nets": ("scorelab.nets", None),
+    "protocol": ("scorelab.protocol", None),
+    "guidance": ("scorelab.guidance", None),
+    "noise": ("scorelab.noise", None),
     # analytic models
     "Gaussian": ("scorelab.models.gaussian", "Gaussian"),
     "GMM": ("scorelab.models.gmm", "GMM"),
@@ -29,8 +32,9 @@ _LAZY = {
     "load": ("scorelab.models", "load"),
     # sampling
     "SampleResult": ("scorelab.sample", "SampleResult"),
-    "initial_noise": ("scorelab.sample", "initial_noise"),
+    "initial_noise": ("scorelab.noise", "initial_noise"),
     # denoiser protocol
+    "Denoiser": ("scorelab.protocol", "Denoiser"),
     "score": ("scorelab.denoisers", "score"),
     "CountingDenoiser": ("scorelab.denoisers", "CountingDenoiser"),
     "VPDenoiser": ("scorelab.denoisers", "VPDenoiser"),

@@ -1,6 +1,7 @@
-"""The denoiser protocol and wrappers into σ-space.
+"""Wrappers into σ-space, the score, and NFE counting.
 
-A denoiser is any callable `D(x, sigma) -> x0_hat` on batched tensors, with x_σ = x0 + σ·ε. Other
+A denoiser is any callable `D(x, sigma, **cond) -> x0_hat` on batched tensors, with x_σ = x0 + σ·ε (the contract
+is written once, in `scorelab.protocol`). Other
 parameterisations (VP ε-/v-/x0-prediction on continuous or discrete timesteps, flow velocity) enter through
 the wrappers here, as in k-diffusion. For a VP process x_t = α x0 + s ε with α² + s² = 1 the σ-space
 coordinates are σ = s/α and x = x_t/α.
@@ -15,10 +16,10 @@ __all__ = ["score", "eps_to_x0", "x0_to_eps", "v_to_x0", "x0_to_v", "VPDenoiser"
            "CountingDenoiser", "sigma_to_vp", "vp_to_sigma"]
 
 
-def score(denoiser, x: torch.Tensor, sigma) -> torch.Tensor:
-    """∇ log p_σ(x) = (D(x, σ) − x) / σ² (Tweedie)."""
+def score(denoiser, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+    """∇ log p_σ(x) = (D(x, σ, **cond) − x) / σ² (Tweedie)."""
     s = sigma_view(sigma, x, allow_zero=False)
-    return (denoiser(x, sigma) - x) / s ** 2
+    return (denoiser(x, sigma, **cond) - x) / s ** 2
 
 
 def eps_to_x0(x, eps, sigma):

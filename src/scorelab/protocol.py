@@ -14,6 +14,8 @@ Optional attributes a denoiser may carry, each read through one function here (n
 
 - `shape_`: the sample shape without the batch (`sample_shape`);
 - `sigma_data`: the data's standard deviation (EDM preconditioning);
+- `network_evals`: a composite denoiser's running count of evaluations of the models inside it (a guided
+  denoiser evaluates two networks per call), read by `network_evals`; without it, one call is one evaluation;
 - its device and dtype: a `device`/`dtype` attribute, else those of an `nn.Module`'s parameters or buffers
   (`device_of`, `dtype_of`), so a network on a GPU gets its noise there.
 
@@ -27,8 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Denoiser", "Cond", "sample_shape", "device_of", "dtype_of", "check_denoiser", "check_extra_args",
-           "slice_cond"]
+__all__ = ["Denoiser", "Cond", "sample_shape", "device_of", "dtype_of", "network_evals", "check_denoiser",
+           "check_extra_args", "slice_cond"]
 
 Cond = dict[str, Any]
 
@@ -109,3 +111,10 @@ def dtype_of(denoiser, default=torch.float32) -> torch.dtype:
             if t.is_floating_point():
                 return t.dtype
     return default
+
+
+def network_evals(denoiser) -> int | None:
+    """A composite denoiser's running count of its inner models' evaluations (`network_evals` attribute), or None
+    for a plain denoiser (one call = one evaluation)."""
+    value = getattr(denoiser, "network_evals", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None

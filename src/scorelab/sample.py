@@ -21,7 +21,7 @@ from ._checks import check_positive_int, check_sigmas
 from .denoisers import CountingDenoiser
 from .diagnostics import suggest_skip
 from .noise import generators, initial_noise, per_sample_noise, sample_seed
-from .protocol import check_denoiser, check_extra_args, device_of, sample_shape, slice_cond
+from .protocol import check_denoiser, check_extra_args, device_of, network_evals, sample_shape, slice_cond
 from .teleport import plan
 
 _per_sample_noise = per_sample_noise   # the name bench scripts used before noise.py
@@ -33,7 +33,8 @@ __all__ = ["sample", "SampleResult", "sample_seed", "initial_noise"]
 class SampleResult:
     """What `sample()` returns. `nfe`: network (denoiser) evaluations per image trajectory, i.e. per batch;
     `teleport_nfe`: evaluations spent on the jump (0: it is a closed form, and warm_history's Gaussian denoiser
-    values are closed forms too)."""
+    values are closed forms too). `network_nfe`: evaluations of the networks inside a composite denoiser (e.g. 2
+    per call for a guided one, `protocol.network_evals`), per trajectory; equal to `nfe` for a plain denoiser."""
 
     images: torch.Tensor
     nfe: int
@@ -46,6 +47,7 @@ class SampleResult:
     warm_history: bool = False
     seed: int = 0
     solver_opts: dict = field(default_factory=dict)
+    network_nfe: int | None = None
 
     def save_grid(self, path, nrow: int | None = None, **kwargs) -> None:
         """PNG of the samples: an image grid for [n, C, H, W] (C = 1 or 3), a scatter plot for 2-D vectors."""
@@ -63,9 +65,9 @@ class SampleResult:
     def summary(self) -> dict:
         """JSON-ready description (no images)."""
         return dict(solver=self.solver, solver_opts=self.solver_opts, n=int(self.images.shape[0]),
-                    shape=list(self.images.shape[1:]), nfe=self.nfe, teleport_nfe=self.teleport_nfe,
-                    steps=len(self.sigmas) - 1, skip_index=self.skip_index, sigma_skip=self.sigma_skip,
-                    warm_history=self.warm_history, seed=self.seed, seconds=round(self.seconds, 4),
+                    shape=list(self.images.shape[1:]), nfe=self.nfe, network_nfe=self.network_nfe,
+                    teleport_nfe=self.teleport_nfe, steps=len(self.sigmas) - 1, skip_index=self.skip_index,
+                    sigma_skip=self.sigma_skip, warm_history=self.warm_history, seed=self.seed, seconds=round(self.seconds, 4),
                     sigmas=[float(s) for s in self.sigmas])
 
 
@@ -176,7 +178,7 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_batches * (len(grid) - 1 - k), desc=f"sample {solver_name}", unit="step", leave=False)
-    images, nfe_per_batch = [], []
+    images, nfe_per_batch, inner_per_batch = [], [], []
     try:
         for b in range(n_batches):
             idx = slice(b * batch_size, min(n, (b + 1) * batch_size))
@@ -197,10 +199,12 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
                 if callback is not None:
                     callback(dict(info, batch=b))
 
-            before = counted.nfe
+            before, inner_before = counted.nfe, network_evals(denoiser)
             x = solver_fn(counted, x, run_grid, extra_args=slice_cond(extra_args, n, idx),
                           callback=step_cb, **opts)
             nfe_per_batch.append(counted.nfe - before)
+            inner = network_evals(denoiser)
+            inner_per_batch.append(nfe_per_batch[-1] if inner is None else inner - inner_before)
             images.append(x)
     finally:
         if bar is not None:
@@ -209,4 +213,5 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     return SampleResult(images=torch.cat(images), nfe=nfe, sigmas=grid, skip_index=k,
                         sigma_skip=float(grid[k]) if k > 0 else None, seconds=time.perf_counter() - t0,
                         solver=solver_name, teleport_nfe=0, warm_history=bool(warm_history), seed=int(seed),
-                        solver_opts={kk: v for kk, v in solver_opts.items() if isinstance(v, (int, float, str, bool))})
+                        solver_opts={kk: v for kk, v in solver_opts.items() if isinstance(v, (int, float, str, bool))},
+                        network_nfe=max(inner_per_batch))
