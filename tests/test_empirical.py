@@ -1,5 +1,7 @@
 """Empirical: exact float64 brute-force posterior mean, chunk-size independence, limits, flips, labels, mmap, IO."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,30 @@ def test_cli_fit_then_load(tmp_path, data, kind, opts, bad, capsys):
     assert main(["fit", kind, "--data", str(path), "--out", str(tmp_path / "bad.safetensors"), *opts, *bad]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and bad[0].lstrip("-").replace("-", "_") in err
+
+
+@pytest.mark.parametrize("base2", [False, True])
+def test_streamed_softmax_kernel_equals_softmax_in_one_piece(base2):
+    """models.softmax.SoftmaxSums (the one streamed-posterior kernel of Empirical, KNN, GMM, ELS/PSPC, Wiener):
+    any chunking, and merging two halves, give softmax(ℓ) @ v computed in one piece in float64 — also for
+    logits of size 1e6, where exp alone overflows."""
+    from scorelab.models.softmax import SoftmaxSums
+
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1.0, 1e6):
+        logits = torch.randn(4, 50, generator=gen, dtype=torch.float64) * scale
+        values = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+        want = torch.softmax(logits * (math.log(2) if base2 else 1.0), dim=1) @ values
+        for chunk in (1, 7, 50):
+            sums = SoftmaxSums.empty((4,), (3,), base2=base2)
+            for a in range(0, 50, chunk):
+                w = sums.weights(logits[:, a:a + chunk].clone())
+                sums.add(w.sum(1), w @ values[a:a + chunk])
+            torch.testing.assert_close(sums.mean(), want, rtol=1e-12, atol=1e-12)
+        halves = []
+        for part in (slice(0, 20), slice(20, 50)):
+            h = SoftmaxSums.empty((4,), (3,), base2=base2)
+            w = h.weights(logits[:, part].clone())
+            h.add(w.sum(1), w @ values[part])
+            halves.append(h)
+        torch.testing.assert_close(halves[0].merge(halves[1]).mean(), want, rtol=1e-12, atol=1e-12)

@@ -23,6 +23,7 @@ import torch
 
 from .._checks import check_data, check_fraction, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
+from .softmax import SoftmaxSums
 
 __all__ = ["Empirical", "pack_data", "unpack_data", "as_rows"]
 
@@ -108,6 +109,17 @@ def as_rows(data, name: str = "data") -> Rows:
     return data if isinstance(data, Rows) else Rows(data, name=name)
 
 
+def random_subset(data, n_data, seed):
+    """A random subset of n_data rows (in their original order), or all of data when n_data is None."""
+    if n_data is None:
+        return data
+    n_data = check_positive_int(n_data, name="n_data")
+    if n_data >= data.shape[0]:
+        return data
+    gen = torch.Generator().manual_seed(int(seed))
+    return data[torch.randperm(data.shape[0], generator=gen)[:n_data].sort().values]
+
+
 def scan_rows(rows: Rows, chunk_size: int, name: str = "data") -> float:
     """One pass over the data: checks finiteness (for streamed data) and returns max ‖y_i‖."""
     ymax = 0.0
@@ -188,21 +200,18 @@ def check_query(x, dim: int, shape: tuple, name: str = "x") -> torch.Tensor:
 
 
 def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_size: int, dtype, ymax: float,
-                   refine_tol: float, labels=None, query_labels=None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                    torch.Tensor]:
+                   refine_tol: float, labels=None, query_labels=None) -> SoftmaxSums:
     """Streamed softmax statistics for queries x [B, d] against all rows, with inv_var = 1/σ² [B] (float64).
 
-    Returns float64 (m, z, s): the running maximum m of the logits ℓ_i, z = Σ e^{ℓ_i − m}, s = Σ e^{ℓ_i − m} y_i.
-    Plain rows use ℓ_i = (x·y_i − ‖y_i‖²/2)/σ² straight from the GEMM (the ‖x‖² term cancels). Refined rows
-    (GEMM error bound δ/σ² > refine_tol) use ℓ_i = −‖x − y_i‖²/2σ² computed in float64 for every candidate
-    within T + 2δ/σ² of the running maximum, T = 25 + log N; the others, each below e^{-T} of the maximum and
-    together below e^{-25} of the total weight, are left out."""
+    Returns float64 `SoftmaxSums` (m, z, s): the running maximum m of the logits ℓ_i, z = Σ e^{ℓ_i − m},
+    s = Σ e^{ℓ_i − m} y_i. Plain rows use ℓ_i = (x·y_i − ‖y_i‖²/2)/σ² straight from the GEMM (the ‖x‖² term
+    cancels). Refined rows (GEMM error bound δ/σ² > refine_tol) use ℓ_i = −‖x − y_i‖²/2σ² computed in float64 for
+    every candidate within T + 2δ/σ² of the running maximum, T = 25 + log N; the others, each below e^{-T} of the
+    maximum and together below e^{-25} of the total weight, are left out."""
     B, d = x.shape
     dev = x.device
     x64 = x.to(torch.float64)
-    m = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
-    z = torch.zeros(B, dtype=torch.float64, device=dev)
-    s = torch.zeros(B, d, dtype=torch.float64, device=dev)
+    acc = SoftmaxSums.empty((B,), (d,), dtype=torch.float64, device=dev)
     eps = torch.finfo(dtype).eps
     xnorm = x64.norm(dim=1)
     # bound on the GEMM's error in x·y − ‖y‖²/2, incl. rounding the result and the ‖x‖²/2 shift to `dtype`
@@ -213,7 +222,9 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
     all_plain, all_refined = rows_r.numel() == 0, rows_p.numel() == 0
     margin = 25 + math.log(max(rows.n, 1)) + 2 * delta * inv_var
     offset = 0.5 * x64.pow(2).sum(1) * inv_var  # ‖x‖²/2σ²: (x·y − ‖y‖²/2)/σ² − ‖x‖²/2σ² = −‖x − y‖²/2σ²
-    floor = math.log(torch.finfo(dtype).tiny) + 1  # smallest exponent whose exp is a normal number
+    # weights below e^{log(tiny)+1} ≈ 1e-37 (float32) relative to the maximum are raised to it (a change of
+    # < N·1e-37 of the total weight) so that exp never produces slow subnormals
+    floor = math.log(torch.finfo(dtype).tiny) + 1
     x_scaled = x.to(dtype) * inv_var.to(dtype)[:, None]
     iv = inv_var.to(dtype)
     for start, y in rows.chunks(chunk_size, dtype=dtype, device=dev):
@@ -223,8 +234,11 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
         if query_labels is not None:  # other classes: −∞ logits and (after the clamp below) exactly zero weight
             other = labels[start:start + y.shape[0]][None, :] != query_labels[:, None]
             logits.masked_fill_(other, -math.inf)
-        m_new = torch.maximum(m, logits.max(1).values.to(torch.float64))
-        if not all_plain:  # exact logits for the candidates of refined rows, in float64
+        if all_plain:
+            w = acc.weights(logits, floor=floor)
+        else:  # exact logits for the candidates of refined rows, in float64
+            m = acc.m
+            m_new = torch.maximum(m, logits.max(1).values.to(torch.float64))
             lr = logits if all_refined else logits[rows_r]
             # candidates: within the margin of max(chunk max, running max) — in the GEMM's convention
             top = torch.maximum(lr.max(1).values.to(torch.float64), m[rows_r] + offset[rows_r])
@@ -237,11 +251,7 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
                 exact[k:k + 8192] = -0.5 * (x64[bb] - y[jj].to(torch.float64)).pow(2).sum(1) * inv_var[bb]
             m_new[rows_r] = m[rows_r]
             m_new.scatter_reduce_(0, b, exact, reduce="amax")
-        shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-        if all_plain:  # weights below e^{log(tiny)+1} ≈ 1e-37 (float32) relative to the maximum are raised to it
-            # (a change of < N·1e-37 of the total weight) so that exp never produces slow subnormals
-            w = logits.sub_(shift.to(dtype)[:, None]).clamp_(min=floor).exp_()
-        else:
+            shift = acc.shift_to(m_new)
             w = torch.zeros_like(logits) if all_refined else logits
             if not all_refined:
                 w[rows_p] = (logits[rows_p] - shift[rows_p].to(dtype)[:, None]).clamp_(min=floor).exp_()
@@ -249,11 +259,8 @@ def posterior_mean(rows: Rows, x: torch.Tensor, inv_var: torch.Tensor, *, chunk_
             w[b, j] = torch.exp(exact - shift[b]).to(dtype)
         if other is not None:
             w.masked_fill_(other, 0)
-        scale = torch.exp(m - shift)
-        z = z * scale + w.sum(1).to(torch.float64)
-        s = s * scale[:, None] + (w @ y).to(torch.float64)
-        m = m_new
-    return m, z, s
+        acc.add(w.sum(1), w @ y)
+    return acc
 
 
 def default_refine_tol(dtype) -> float:
@@ -354,8 +361,7 @@ class Empirical:
         kw = dict(chunk_size=self.chunk_size, dtype=self.dtype, ymax=self.ymax_, refine_tol=self.refine_tol,
                   labels=self.labels_, query_labels=query_labels)
         if not self.flip:
-            m, z, s = posterior_mean(self.rows_, x, inv_var, **kw)
-            return s / z[:, None]
+            return posterior_mean(self.rows_, x, inv_var, **kw).mean()
         # ‖x − flip(y)‖ = ‖flip(x) − y‖ and Σ w flip(y) = flip(Σ w y): mirrored points via mirrored queries
         B = x.shape[0]
         if query_labels is not None:
@@ -363,9 +369,7 @@ class Empirical:
         m, z, s = posterior_mean(self.rows_, torch.cat([x, self._flip(x)]), torch.cat([inv_var, inv_var]), **kw)
         # both halves must share one logit convention: refined rows use −‖x−y‖²/2σ², others drop ‖x‖²/2σ²,
         # which is the same for x and flip(x), so the halves are comparable either way
-        top = torch.maximum(m[:B], m[B:])
-        a, b = torch.exp(m[:B] - top), torch.exp(m[B:] - top)
-        return (s[:B] * a[:, None] + self._flip(s[B:]) * b[:, None]) / (z[:B] * a + z[B:] * b)[:, None]
+        return SoftmaxSums(m[:B], z[:B], s[:B]).merge(SoftmaxSums(m[B:], z[B:], self._flip(s[B:]))).mean()
 
     # -- protocol ---------------------------------------------------------------------------------------------
     def to(self, device=None, dtype=None) -> "Empirical":

@@ -11,7 +11,7 @@ Covariances are kept in eigen form Σ_c = U_c diag(λ_c) U_cᵀ + ρ_c (I − U_
     log|Σ_c + σ²I| = Σ log(λ + σ²) + (d − r) log(ρ + σ²)
     (x−μ)ᵀ(Σ_c+σ²I)⁻¹(x−μ) = Σ p²/(λ + σ²) + (‖x − μ‖² − ‖p‖²)/(ρ + σ²)
     Σ_c(Σ_c+σ²I)⁻¹(x−μ) = U diag(λ/(λ+σ²)) p + ρ/(ρ+σ²) (x − μ − U p)
-so a call costs O(B·K·d·r) and memory O(B·d) (components are streamed with a running-max log-sum-exp).
+so a call costs O(B·K·d·r) and memory O(B·d) (components are streamed through `softmax.SoftmaxSums`).
 
 Fitting: k-means++ seeding (Arthur & Vassilvitskii 2007), a few Lloyd steps, then EM (Dempster et al. 1977) in
 float64. `reg_covar` is added to every eigenvalue/variance. In the M-step, points whose responsibility for a
@@ -26,6 +26,7 @@ import torch
 
 from .._checks import check_data, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
+from .softmax import SoftmaxSums
 
 __all__ = ["GMM"]
 
@@ -214,19 +215,13 @@ class GMM:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape_))}]; got {tuple(x.shape)}")
         var = sigma_view(sigma, x).reshape(-1).to(device=self.device, dtype=self.dtype).pow(2).expand(x.shape[0])
         xf = x.reshape(x.shape[0], -1).to(device=self.device, dtype=self.dtype)
-        m = torch.full((x.shape[0],), -math.inf, dtype=self.dtype, device=self.device)
-        z = torch.zeros_like(m)
-        s = torch.zeros_like(xf)
+        sums = SoftmaxSums.empty(xf.shape[:1], xf.shape[1:], dtype=self.dtype, device=self.device)
         logw = torch.log(self.weights_)
-        for c in range(self.n_components):  # running-max log-sum-exp over components
+        for c in range(self.n_components):  # the streamed softmax over components, one at a time
             logp, mean_c = self._component(c, xf, var, True)
-            logp = logp + logw[c]
-            m_new = torch.maximum(m, logp)
-            a, b = torch.exp(m - m_new), torch.exp(logp - m_new)
-            z = z * a + b
-            s = s * a[:, None] + b[:, None] * mean_c
-            m = m_new
-        return (s / z[:, None]).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+            w = sums.weights((logp + logw[c])[:, None])  # [B, 1]
+            sums.add(w[:, 0], w * mean_c)
+        return sums.mean().reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """log p_σ(x) = log Σ_c π_c N(x; μ_c, Σ_c + σ²I)  [B]."""

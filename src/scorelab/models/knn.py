@@ -22,6 +22,7 @@ import torch
 from .._checks import check_positive_int, sigma_view
 from .._io import load_state, save_state
 from .empirical import Empirical, as_rows, check_query, pack_data, unpack_data
+from .softmax import SoftmaxSums
 
 __all__ = ["KNN", "have_faiss"]
 
@@ -157,17 +158,14 @@ class KNN:
         inv_var = (1.0 / s.pow(2).clamp(min=1e-30)).expand(x.shape[0]).to(self.device)
         q = x.reshape(x.shape[0], -1).to(device=self.device, dtype=self.dtype)
         d2, nbrs = self.search(q)
-        m, z, s = self._neighbour_sums(q, inv_var, nbrs, d2)
+        sums = self._neighbour_sums(q, inv_var, nbrs, d2)
         if self.n_random:
             tail = torch.randint(0, self.n_samples_, (self.n_random,), generator=self.generator).to(self.device)
-            m_r, z_r, s_r = self._tail_sums(q, inv_var, nbrs, tail)
-            top = torch.maximum(m, m_r)
-            a, b = torch.exp(m - top), torch.exp(m_r - top)
-            z, s = z * a + z_r * b, s * a[:, None] + s_r * b[:, None]
-        return (s / z[:, None]).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+            sums = sums.merge(self._tail_sums(q, inv_var, nbrs, tail))
+        return sums.mean().reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     def _neighbour_sums(self, q, inv_var, nbrs, d2):
-        """Softmax statistics (max, Σ e^{ℓ−m}, Σ e^{ℓ−m} y) over each query's neighbours, ℓ = −‖x − y‖²/2σ².
+        """Softmax statistics (`SoftmaxSums`: max, Σ e^{ℓ−m}, Σ e^{ℓ−m} y) over each query's neighbours, ℓ = −‖x − y‖²/2σ².
 
         ℓ comes from the search's float32 distances; rows where their error bound δ/σ² exceeds `refine_tol`
         recompute, in float64, every neighbour within 25 + log N + 2δ/σ² of the best (the rest carry < e^{-25} of
@@ -192,15 +190,14 @@ class KNN:
                 bb, jj = b[k:k + 8192], j[k:k + 8192]
                 y = self.data_flat_[nbrs[bb, jj]].to(torch.float64)
                 logits[bb, jj] = -0.5 * (x64[bb] - y).pow(2).sum(1) * inv_var[bb]
-        m = logits.max(1).values
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row with no neighbour found
-        w = torch.exp(logits - m[:, None])
-        s = torch.nn.functional.embedding_bag(nbrs.clamp(min=0), self.data_flat_, mode="sum",
-                                              per_sample_weights=w.to(self.dtype))
-        return m, w.sum(1), s.to(torch.float64)
+        sums = SoftmaxSums.empty((q.shape[0],), (q.shape[1],), dtype=torch.float64, device=q.device)
+        w = sums.weights(logits)  # a row with no neighbour found keeps m = −∞ and zero weight
+        sums.add(w.sum(1), torch.nn.functional.embedding_bag(nbrs.clamp(min=0), self.data_flat_, mode="sum",
+                                                             per_sample_weights=w.to(self.dtype)))
+        return sums
 
     def _tail_sums(self, q, inv_var, nbrs, tail):
-        """Softmax statistics over the uniform tail draws, each weighted N/n_random, draws inside a query's
+        """Softmax statistics (`SoftmaxSums`) over the uniform tail draws, each weighted N/n_random, draws inside a query's
         neighbour set left out. As in `Empirical`: one GEMM for x·y/σ² with an in-place rank-1 −‖y‖²/2σ², the
         ‖x‖²/2σ² and log(N/n) terms carried in the (float64) maximum, and one GEMM for Σ w y."""
         tail = tail.sort().values  # the order of the draws is irrelevant; sorted, membership is a binary search
@@ -216,12 +213,13 @@ class KNN:
             hit = valid & (lo + r < hi)
             logits[rows[hit], (lo + r)[hit]] = -math.inf
         excluded = logits == -math.inf
-        m = logits.max(1).values
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        sums = SoftmaxSums.empty((q.shape[0],), (q.shape[1],), dtype=torch.float64, device=q.device)
         floor = math.log(torch.finfo(self.dtype).tiny) + 1  # no subnormal exps (see Empirical)
-        w = logits.sub_(m[:, None]).clamp_(min=floor).exp_().masked_fill_(excluded, 0)
+        w = sums.weights(logits, floor=floor).masked_fill_(excluded, 0)
+        sums.add(w.sum(1), w @ y_r)
+        # back to the neighbours' convention −‖x − y‖²/2σ², with the tail weight N/n: ℓ + log(N/n) − ‖x‖²/2σ²
         offset = 0.5 * q.to(torch.float64).pow(2).sum(1) * inv_var - math.log(self.n_samples_ / self.n_random)
-        return m.to(torch.float64) - offset, w.sum(1).to(torch.float64), (w @ y_r).to(torch.float64)
+        return SoftmaxSums(sums.m - offset, sums.z, sums.s)
 
     # -- protocol ----------------------------------------------------------------------------------------------
     def _kwargs(self) -> dict:

@@ -23,10 +23,12 @@ import torch
 
 from .._checks import check_data, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
+from .empirical import random_subset
+from .local_wiener import Wiener  # the Wiener locality model lives beside this file; importable from here too
+from .softmax import DEFAULT_CHUNK, SoftmaxSums
 
 __all__ = ["ELS", "PSPC", "Wiener", "PatchSchedule", "patch_index", "position_classes", "stream_posterior_mean"]
 
-DEFAULT_CHUNK = 2 ** 18  # elements of one block of logits (2 MB in float64): its passes stay in cache
 DEFAULT_BANK = 2 ** 25   # largest de-duplicated patch bank kept in memory (elements; 256 MB in float64)
 
 
@@ -243,26 +245,19 @@ def _unshifted(q_aug, chunks) -> torch.Tensor:
 
 
 def _running_max(q_aug, chunks, floor) -> torch.Tensor:
-    """Σ_m 2^{ℓ_m − m} v_m / Σ_m 2^{ℓ_m − m} with m the running max of the base-2 logits ℓ = q_aug · φ_aug: exact
-    for any σ (no overflow as σ → 0, no row summing to zero); the sums so far are rescaled by 2^{m_old − m}
-    when the max grows. Weights below 2^floor of a row's largest are raised to 2^floor, which keeps every
-    product normal (denormal arithmetic is ~10× slower) and changes a row by at most M·2^floor relative
-    (≤ 1e-17 in float32 for M ≤ 1e9)."""
-    g, r, _ = q_aug.shape
-    m = q_aug.new_full((g, r, 1), -math.inf)
-    acc = total = buf = None
+    """Σ_m 2^{ℓ_m − m} v_m / Σ_m 2^{ℓ_m − m} with m the running max of the base-2 logits ℓ = q_aug · φ_aug
+    (`softmax.SoftmaxSums`): exact for any σ (no overflow as σ → 0, no row summing to zero). Weights below
+    2^floor of a row's largest are raised to 2^floor, which keeps every product normal (denormal arithmetic is
+    ~10× slower) and changes a row by at most M·2^floor relative (≤ 1e-17 in float32 for M ≤ 1e9)."""
+    sums = buf = None
     for phi_aug, val in chunks:
         buf, logits = _logits(q_aug, phi_aug, buf)
-        m_new = torch.maximum(m, logits.amax(-1, keepdim=True))
-        w = logits.sub_(m_new).clamp_(min=floor).exp2_()
-        s, part = w.sum(-1, keepdim=True), _matmul(w, val)
-        if acc is None:
-            acc, total = part, s
-        else:
-            rescale = torch.exp2(m - m_new)
-            acc, total = torch.addcmul(part, acc, rescale), torch.addcmul(s, total, rescale)
-        m = m_new
-    return acc / total
+        if sums is None:
+            sums = SoftmaxSums.empty(logits.shape[:2], val.shape[2:], dtype=logits.dtype, device=logits.device,
+                                     base2=True)
+        w = sums.weights(logits, floor=floor)
+        sums.add(w.sum(-1), _matmul(w, val))
+    return sums.mean()
 
 
 def _logits(q_aug, phi_aug, buf):
@@ -295,22 +290,11 @@ def _chunk_counts(g: int, rows: int, per_image: int, chunk_size: int) -> tuple[i
 # ----------------------------------------------------------------------------------------------------------
 # shared machinery of ELS and PSPC
 
-def _subset(data, n_data, seed):
-    """A random subset of n_data rows (in their original order), or all of data when n_data is None."""
-    if n_data is None:
-        return data
-    n_data = check_positive_int(n_data, name="n_data")
-    if n_data >= data.shape[0]:
-        return data
-    gen = torch.Generator().manual_seed(int(seed))
-    return data[torch.randperm(data.shape[0], generator=gen)[:n_data].sort().values]
-
-
 def _check_image_data(data, n_data, seed, name="data"):
     data = check_data(data, name=name)
     if data.ndim != 4:
         raise ValueError(f"{name} must be images [N, C, H, W]; got shape {tuple(data.shape)}")
-    return _subset(data, n_data, seed)
+    return random_subset(data, n_data, seed)
 
 
 class _PatchPosterior:
@@ -564,9 +548,3 @@ class PSPC(_PatchPosterior):
 
     def _assemble(self, out, idx, p):
         return scatter_mean(out, idx, self.shape)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the Wiener locality model lives beside this file (kept importable as scorelab.models.local.Wiener)
-
-from .local_wiener import Wiener  # noqa: E402

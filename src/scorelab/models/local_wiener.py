@@ -9,7 +9,8 @@ import torch
 from .._checks import check_data, check_fraction, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
 from .gaussian import gaussian_denoiser, shrinkage
-from .local import DEFAULT_CHUNK, _subset
+from .empirical import random_subset
+from .softmax import DEFAULT_CHUNK, SoftmaxSums
 
 __all__ = ["Wiener"]
 
@@ -50,7 +51,7 @@ class Wiener:
         self.mean_ = mean.reshape(full.shape[1:]).to(device=device, dtype=dtype)
         self.eigvals_ = evals.clamp(min=0).to(device=device, dtype=dtype)
         self.eigvecs_ = evecs.to(device=device, dtype=dtype)
-        self.data_ = _subset(full, n_data, seed).to(device=device, dtype=dtype)
+        self.data_ = random_subset(full, n_data, seed).to(device=device, dtype=dtype)
 
     @classmethod
     def fit(cls, data, **kwargs):
@@ -115,20 +116,14 @@ class Wiener:
         b, d = x.shape
         n_chunk = max(1, self.chunk_size // max(1, b * d))
         inv = 1.0 / (2 * sigma ** 2)
-        run_max = x.new_full((b, d), -math.inf)
-        total = x.new_zeros(b, d)
-        acc = x.new_zeros(b, d)
+        sums = SoftmaxSums.empty((b, d), dtype=x.dtype, device=x.device)  # one softmax over n per output pixel
         for a in range(0, data.shape[0], n_chunk):
             xn = data[a:a + n_chunk]                                     # [n, d]
             diff2 = (x[:, None, :] - xn[None, :, :]) ** 2                # [B, n, d]
             logits = (diff2 @ m.T).mul_(-inv)                            # [B, n, d]: −Σ_q M[p,q](x_q − x_nq)²/2σ²
-            new_max = torch.maximum(run_max, logits.amax(1))
-            rescale = torch.exp(run_max - new_max)
-            w = logits.sub_(new_max[:, None, :]).exp_()
-            total = total * rescale + w.sum(1)
-            acc = acc * rescale + (w * xn[None]).sum(1)
-            run_max = new_max
-        return acc / total
+            w = sums.weights(logits, dim=1)
+            sums.add(w.sum(1), (w * xn[None]).sum(1))
+        return sums.mean()
 
     @torch.no_grad()
     def __call__(self, x, sigma):
