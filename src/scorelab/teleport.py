@@ -89,9 +89,10 @@ class Jump:
         x_k, sigmas[k:], history = jump(x_T, sigmas)
 
     x_T at sigmas[0] goes to x(σ_k) by the Gaussian's exact probability-flow solution; the solver then runs on
-    sigmas[k:]. With `warm_history`, `history` is [(σ_j, D_G(x(σ_j), σ_j))] at the (up to) `history_points` grid
-    points before k, oldest first, on the same exact path: the values a multistep solver would have computed
-    there, so its first network step is already high order. They are closed forms: no network evaluation.
+    sigmas[k:]. With `warm_history`, `history` is [(σ_j, D_G(x(σ_j), σ_j), x(σ_j))] at the (up to)
+    `history_points` grid points before k, oldest first, on the same exact path: the values a multistep solver
+    would have computed there, so its first network step is already high order. They are closed forms: no
+    network evaluation.
     `extra_args` (e.g. `{"class_labels": y}` for a class-conditional Gaussian) go to the Gaussian's
     `trajectory` and denoiser; the call's own `extra_args` (a batch's slice) replace them."""
 
@@ -108,7 +109,7 @@ class Jump:
         path = self.gaussian.trajectory(x_T, sigmas[:self.k + 1], **cond)          # [k + 1, B, *shape], exact
         history = None
         if self.warm_history:
-            history = [(float(sigmas[j]), self.gaussian(path[j], float(sigmas[j]), **cond))
+            history = [(float(sigmas[j]), self.gaussian(path[j], float(sigmas[j]), **cond), path[j])
                        for j in range(max(0, self.k - self.history_points), self.k)]
         return path[-1], sigmas[self.k:], history
 
