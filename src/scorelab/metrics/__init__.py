@@ -8,7 +8,7 @@ _LAZY = {
     "sliced_wasserstein": "scorelab.metrics.lowdim", "energy_distance": "scorelab.metrics.lowdim",
     "gaussian_frechet": "scorelab.metrics.lowdim", "gaussian_kl": "scorelab.metrics.lowdim",
     "memorization": "scorelab.metrics.nearest", "nearest_neighbours": "scorelab.metrics.nearest",
-    "inception_features": "scorelab.metrics.inception", "InceptionFeatures": "scorelab.metrics.inception",
+    "inception_features": "scorelab.metrics.stats", "InceptionFeatures": "scorelab.metrics.inception",
     "classifier_features": "scorelab.metrics.classifier", "ClassifierFeatures": "scorelab.metrics.classifier",
     "train_classifier": "scorelab.metrics.classifier", "load_classifier": "scorelab.metrics.classifier",
     "save_classifier": "scorelab.metrics.classifier",

@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_positive_int
 from .._io import load_state, save_state, write_json
-from .inception import quantize as inception_quantize
+from . import pixels
 
 __all__ = ["Classifier", "ClassifierFeatures", "classifier_features", "train_classifier", "save_classifier",
            "load_classifier", "accuracy", "DEFAULT_PATH", "SHAPE"]
@@ -47,19 +47,13 @@ RETRAIN = ".venv/bin/python bench/train_classifier.py --out models/fashion-mnist
 
 def check_images(images, *, name: str = "images") -> torch.Tensor:
     """Images [N, 1, 28, 28], floating, finite, N ≥ 1 (values are clamped to [−1, 1] later)."""
-    images = check_tensor(images, name=name, min_ndim=1)
-    if tuple(images.shape[1:]) != SHAPE or images.ndim != 4:
-        raise ValueError(f"{name} must have shape [N, 1, 28, 28] (Fashion-MNIST-sized images in [-1, 1]); "
-                         f"got {tuple(images.shape)}")
-    if images.shape[0] < 1:
-        raise ValueError(f"{name} must contain at least 1 image; got 0")
-    return images
+    return pixels.check_images(images, name=name, shape=SHAPE, what="Fashion-MNIST-sized images in [-1, 1]")
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """x ∈ [−1, 1] → round((x + 1)·127.5) / 127.5 − 1: the value an 8-bit PNG would hold (exact for Fashion-MNIST).
-    The pixel values u are Inception's (`inception.quantize`), mapped back to [−1, 1]."""
-    return inception_quantize(images).to(images.dtype) / 127.5 - 1
+    """x ∈ [−1, 1] → round((x + 1)·127.5) / 127.5 − 1: the value an 8-bit PNG would hold (exact for Fashion-MNIST),
+    with the pixel values u of `pixels.quantize` (the same as Inception's)."""
+    return pixels.dequantize(pixels.quantize(images), images.dtype)
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:

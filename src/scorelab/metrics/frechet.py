@@ -11,45 +11,11 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_positive_int, check_tensor, check_fraction
+from .._checks import check_fraction, check_positive_int, check_tensor
+from .stats import FeatureStats, check_features, feature_stats, inception_features
 
 __all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid", "fd_inf", "fid_difference",
            "as_features", "FDInfinity", "FIDDifference"]
-
-
-class FeatureStats(NamedTuple):
-    """Mean [D], covariance [D, D] (float64, unbiased) and sample count of a feature set."""
-    mu: torch.Tensor
-    sigma: torch.Tensor
-    n: int
-
-
-def check_features(feats, *, name: str, min_samples: int = 2) -> torch.Tensor:
-    """Features [N, D], finite, N ≥ min_samples (the message says how many are needed and why)."""
-    feats = check_tensor(feats, name=name, min_ndim=2)
-    if feats.ndim != 2:
-        raise ValueError(f"{name} must be features [N, D] or images [N, C, H, W]; got shape {tuple(feats.shape)}")
-    if feats.shape[0] < min_samples:
-        raise ValueError(f"{name} has {feats.shape[0]} sample(s); this statistic needs at least {min_samples}")
-    return feats
-
-
-def feature_stats(feats: torch.Tensor, *, chunk: int = 4096) -> FeatureStats:
-    """μ and the unbiased covariance Σ of features [N, D] in float64, streamed in chunks of `chunk` rows.
-
-    Sums are taken around a shift (the first chunk's mean) so Σ does not lose digits when ‖μ‖ ≫ spread."""
-    feats = check_features(feats, name="features")
-    n, d = feats.shape
-    shift = feats[:chunk].to(torch.float64).mean(0)
-    s = torch.zeros(d, dtype=torch.float64, device=feats.device)
-    ss = torch.zeros(d, d, dtype=torch.float64, device=feats.device)
-    for i in range(0, n, chunk):
-        c = feats[i:i + chunk].to(torch.float64) - shift
-        s += c.sum(0)
-        ss += c.T @ c
-    mu = shift + s / n
-    sigma = (ss - torch.outer(s, s) / n) / (n - 1)
-    return FeatureStats(mu, (sigma + sigma.T) / 2, n)
 
 
 def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
@@ -90,8 +56,6 @@ def as_features(x, *, name: str, min_samples: int = 2, batch_size: int = 16, dev
     if x.ndim == 4:
         if x.shape[0] < min_samples:
             raise ValueError(f"{name} has {x.shape[0]} image(s); this statistic needs at least {min_samples}")
-        from .inception import inception_features
-
         return inception_features(x, batch_size=batch_size, device=device, progress=progress, cache=cache)
     return check_features(x, name=name, min_samples=min_samples)
 

@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_positive_int
+from .pixels import check_images, quantize
 
-__all__ = ["InceptionFeatures", "inception_features", "network_path", "quantize", "preprocess", "FEATURE_DIM"]
+__all__ = ["InceptionFeatures", "default_extractor", "network_path", "check_images", "quantize", "preprocess",
+           "FEATURE_DIM"]
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -46,21 +48,6 @@ def network_path() -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"{FILENAME} not found in the installed {PACKAGE} package")
-
-
-def check_images(images, *, name: str = "images") -> torch.Tensor:
-    """Images [N, C, H, W] with C ∈ {1, 3}, finite (values are clamped to [−1, 1] later)."""
-    images = check_tensor(images, name=name, min_ndim=4)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"{name} must have shape [N, 1 or 3, H, W]; got {tuple(images.shape)}")
-    if images.shape[0] < 1:
-        raise ValueError(f"{name} must contain at least 1 image; got 0")
-    return images
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[−1, 1] floats → uint8 pixel values u = round((x + 1)·127.5), as an 8-bit PNG would store them."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def preprocess(pixels: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -128,15 +115,3 @@ def default_extractor(device=None, batch_size: int = 16) -> InceptionFeatures:
     if key not in _DEFAULT:
         _DEFAULT[key] = InceptionFeatures(device=device, batch_size=batch_size)
     return _DEFAULT[key]
-
-
-def inception_features(images: torch.Tensor, *, batch_size: int = 16, device=None, progress: bool = True,
-                       cache: bool = False) -> torch.Tensor:
-    """Inception pool3 features [N, 2048] (float32) of images [N, C, H, W] in [−1, 1].
-
-    `cache=True` stores/reuses them on disk keyed by the images' 8-bit content hash (see metrics.stats)."""
-    if cache:
-        from .stats import cached_image_features
-
-        return cached_image_features(images, batch_size=batch_size, device=device, progress=progress)
-    return default_extractor(device, batch_size)(images, progress=progress)

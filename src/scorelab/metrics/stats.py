@@ -1,4 +1,4 @@
-"""On-disk cache of Inception features and reference statistics.
+"""Feature statistics: (μ, Σ) of feature sets, Inception features with their on-disk cache, reference statistics.
 
 Location: $SCORELAB_CACHE, else $XDG_CACHE_HOME/scorelab (~/.cache/scorelab). Every file is written atomically (safetensors + JSON header).
 
@@ -14,15 +14,64 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from .._checks import check_tensor
 from .._io import load_state, save_state
-from .inception import check_images, default_extractor, quantize
+from .inception import default_extractor
+from .pixels import check_images, quantize
 
-__all__ = ["cache_dir", "cached_image_features", "reference_features", "reference_stats", "BLOCK"]
+__all__ = ["FeatureStats", "feature_stats", "inception_features", "cache_dir", "cached_image_features",
+           "reference_features", "reference_stats", "BLOCK"]
 
 BLOCK = 500
+
+
+class FeatureStats(NamedTuple):
+    """Mean [D], covariance [D, D] (float64, unbiased) and sample count of a feature set."""
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    n: int
+
+
+def check_features(feats, *, name: str, min_samples: int = 2) -> torch.Tensor:
+    """Features [N, D], finite, N ≥ min_samples (the message says how many are needed and why)."""
+    feats = check_tensor(feats, name=name, min_ndim=2)
+    if feats.ndim != 2:
+        raise ValueError(f"{name} must be features [N, D] or images [N, C, H, W]; got shape {tuple(feats.shape)}")
+    if feats.shape[0] < min_samples:
+        raise ValueError(f"{name} has {feats.shape[0]} sample(s); this statistic needs at least {min_samples}")
+    return feats
+
+
+def feature_stats(feats: torch.Tensor, *, chunk: int = 4096) -> FeatureStats:
+    """μ and the unbiased covariance Σ of features [N, D] in float64, streamed in chunks of `chunk` rows.
+
+    Sums are taken around a shift (the first chunk's mean) so Σ does not lose digits when ‖μ‖ ≫ spread."""
+    feats = check_features(feats, name="features")
+    n, d = feats.shape
+    shift = feats[:chunk].to(torch.float64).mean(0)
+    s = torch.zeros(d, dtype=torch.float64, device=feats.device)
+    ss = torch.zeros(d, d, dtype=torch.float64, device=feats.device)
+    for i in range(0, n, chunk):
+        c = feats[i:i + chunk].to(torch.float64) - shift
+        s += c.sum(0)
+        ss += c.T @ c
+    mu = shift + s / n
+    sigma = (ss - torch.outer(s, s) / n) / (n - 1)
+    return FeatureStats(mu, (sigma + sigma.T) / 2, n)
+
+
+def inception_features(images: torch.Tensor, *, batch_size: int = 16, device=None, progress: bool = True,
+                       cache: bool = False) -> torch.Tensor:
+    """Inception pool3 features [N, 2048] (float32) of images [N, C, H, W] in [−1, 1].
+
+    `cache=True` stores/reuses them on disk keyed by the images' 8-bit content hash (`cached_image_features`)."""
+    if cache:
+        return cached_image_features(images, batch_size=batch_size, device=device, progress=progress)
+    return default_extractor(device, batch_size)(images, progress=progress)
 
 
 def cache_dir() -> Path:
@@ -95,8 +144,6 @@ def reference_features(name: str = "fashion-mnist", split: str = "test", n: int 
 def reference_stats(name: str = "fashion-mnist", split: str = "test", n: int | None = None, *,
                     batch_size: int = 16, device=None, progress: bool = True):
     """(μ, Σ, n) of the Inception features of a data set split (float64), cached per data/split/n/network."""
-    from .frechet import FeatureStats, feature_stats
-
     net = default_extractor(device, batch_size)
     images = _load_reference(name, split, n)
     n = int(images.shape[0])
