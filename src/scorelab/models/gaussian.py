@@ -18,6 +18,7 @@ import torch
 
 from .._checks import check_data, check_positive_int, check_sigma, check_sigmas, check_tensor, sigma_view
 from .._io import load_state, save_state
+from .conditional import ByClass, class_indices
 
 __all__ = ["Gaussian", "gaussian_denoiser", "shrinkage"]
 
@@ -31,7 +32,7 @@ def _as_float64(value, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a tensor or array of floats; got {type(value).__name__}") from None
 
 
-class Gaussian:
+class Gaussian(ByClass):
     """Gaussian closed form (mean + top-r covariance eigenpairs): exact denoiser, score, log-density, PF-ODE.
 
     x0 ~ N(mean_, U diag(eigvals_) Uᵀ + residual_var_ · (I − U Uᵀ)), U = eigvecs_ ([d, r], orthonormal columns).
@@ -41,6 +42,11 @@ class Gaussian:
     `eigvals` [r] ≥ 0 and `eigvecs` [d, r]. The residual variance ρ applies to the d − r directions orthogonal
     to U (ignored when r = d). Computation happens in `dtype` (float64 by default); inputs are cast to it and
     results returned in the input's dtype.
+
+    Class-conditional: `Gaussian.fit(data, labels=y)` also fits one Gaussian per class (`class_models_`,
+    `classes_`); every method then takes `class_labels` (None: the pooled Gaussian; an int or [B] ints: each
+    row from its class's Gaussian), so the exact PF-ODE and teleportation hold per class
+    (`scorelab.models.conditional`).
     """
 
     kind = "gaussian"
@@ -83,7 +89,8 @@ class Gaussian:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, data, *, rank=None, chunk_size: int = 4096, dtype=torch.float64, device=None, eps: float = 0.0):
+    def fit(cls, data, *, rank=None, chunk_size: int = 4096, dtype=torch.float64, device=None, eps: float = 0.0,
+            labels=None):
         """Fit mean and covariance of `data` [N, *shape] in one pass: a tensor, a numpy or memory-mapped array, or
         any lazily read array-like with `.shape`, `.ndim` and row slicing (scorelab.data.ArrayDataset).
 
@@ -94,7 +101,14 @@ class Gaussian:
         the d − r dropped eigenvalues (an isotropic residual, so the trace of Σ is preserved).
         Eigenvalues are clamped at 0 and sorted descending; each eigenvector's sign is fixed so its
         largest-magnitude entry is positive.
+        `labels` [N] (ints >= 0): also fit each class's rows alone (same options), a class-conditional model.
         """
+        if labels is not None:
+            groups = class_indices(labels, len(data))
+            pooled = cls.fit(data, rank=rank, chunk_size=chunk_size, dtype=dtype, device=device, eps=eps)
+            pooled._set_classes({c: cls.fit(_take(data, idx), rank=rank, chunk_size=chunk_size, dtype=dtype,
+                                            device=device, eps=eps) for c, idx in groups.items()})
+            return pooled
         chunk_size = check_positive_int(chunk_size, name="chunk_size")
         eps = float(eps)
         if not (math.isfinite(eps) and eps >= 0):
@@ -186,12 +200,16 @@ class Gaussian:
         return bool((self.eigvals_ == 0).any()) or (self._has_residual and self.residual_var_ == 0)
 
     # ------------------------------------------------------------------ the closed forms
-    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         """D(x, σ) = μ + U diag(λ/(λ+σ²)) Uᵀ(x−μ) + ρ/(ρ+σ²)·(I−UUᵀ)(x−μ), batched over [B, *shape].
 
         At σ = 0 the ratios take their σ → 0⁺ limit: 1 where the variance is > 0, 0 where it is 0. So D(x, 0)
         is the projection μ + P(x − μ) onto the support of the data Gaussian (x itself when Σ is full rank).
+        `class_labels`: see the class docstring.
         """
+        by_class = self._by_class("__call__", x, class_labels, sigma)
+        if by_class is not None:
+            return by_class
         xf = self._flatten(x)
         s2 = self._sigma2(sigma, xf)
         out = gaussian_denoiser(xf, s2, self.mean_.reshape(1, -1), self.eigvals_, self.eigvecs_,
@@ -200,8 +218,11 @@ class Gaussian:
             out = torch.where(s2 == 0, xf, out)                  # D(x, 0) = x exactly when Σ is full rank
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         """∇ log p_σ(x) = −(Σ + σ²I)⁻¹ (x − μ) = (D(x, σ) − x)/σ²; σ may be 0 only if Σ is positive definite."""
+        by_class = self._by_class("score", x, class_labels, sigma)
+        if by_class is not None:
+            return by_class
         xf = self._flatten(x)
         s2 = self._sigma2(sigma, xf)
         self._check_invertible(s2, "score")
@@ -209,9 +230,12 @@ class Gaussian:
         out = -self._apply(z, 1 / (self.eigvals_ + s2), 1 / (self.residual_var_ + s2))
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
-    def log_prob(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         """log N(x; μ, Σ + σ²I) per sample, [B]:
         −½ [d log 2π + Σ_i log(λ_i+σ²) + (d−r) log(ρ+σ²) + Σ_i c_i²/(λ_i+σ²) + ‖z⊥‖²/(ρ+σ²)], c = Uᵀz, z = x − μ."""
+        by_class = self._by_class("log_prob", x, class_labels, sigma)
+        if by_class is not None:
+            return by_class
         xf = self._flatten(x)
         s2 = self._sigma2(sigma, xf)
         self._check_invertible(s2, "log_prob")
@@ -233,9 +257,18 @@ class Gaussian:
             raise ValueError(f"sigma must be > 0 for {what}: the covariance is singular (some eigvals_ or "
                              f"residual_var_ are 0), so the density at sigma = 0 does not exist")
 
-    def sample(self, n: int, sigma=0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n exact draws from N(μ, Σ + σ²I): x = μ + (Σ + σ²I)^{1/2} ξ, ξ ~ N(0, I_d); shape [n, *shape_]."""
+    def sample(self, n: int, sigma=0.0, generator: torch.Generator | None = None,
+               class_labels=None) -> torch.Tensor:
+        """n exact draws from N(μ, Σ + σ²I): x = μ + (Σ + σ²I)^{1/2} ξ, ξ ~ N(0, I_d); shape [n, *shape_].
+        `class_labels` (an int or [n] ints): draw row i from class class_labels[i]'s Gaussian."""
         n = check_positive_int(n, name="n")
+        if class_labels is not None:
+            labels = self._labels(class_labels, n)
+            out = self.mean_.new_empty(n, *self.shape_)
+            for c in labels.unique().tolist():
+                rows = (labels == c).nonzero().reshape(-1)
+                out[rows.to(out.device)] = self.class_models_[c].sample(len(rows), sigma, generator)
+            return out
         s = check_sigma(sigma, name="sigma")
         if s.numel() != 1:
             raise ValueError(f"sigma must be a single noise level for sample; got shape {tuple(s.shape)}")
@@ -244,10 +277,14 @@ class Gaussian:
         out = self.mean_.reshape(1, -1) + self._apply(xi, (self.eigvals_ + s2).sqrt(), (self.residual_var_ + s2).sqrt())
         return out.reshape(n, *self.shape_)
 
-    def trajectory(self, x_T: torch.Tensor, sigmas) -> torch.Tensor:
+    def trajectory(self, x_T: torch.Tensor, sigmas, class_labels=None) -> torch.Tensor:
         """Exact PF-ODE solution dx/dσ = (x − D(x, σ))/σ from x_T at σ_T = sigmas[0], at every σ of the grid:
         x_σ = μ + U diag(√((λ+σ²)/(λ+σ_T²))) Uᵀ(x_T−μ) + √((ρ+σ²)/(ρ+σ_T²))·(I−UUᵀ)(x_T−μ).
-        `sigmas`: strictly decreasing, non-negative (may end at a non-zero σ). Returns [len(sigmas), B, *shape]."""
+        `sigmas`: strictly decreasing, non-negative (may end at a non-zero σ). Returns [len(sigmas), B, *shape].
+        `class_labels`: each row follows its class's Gaussian (exact per class)."""
+        by_class = self._by_class("trajectory", x_T, class_labels, sigmas, row_args=0, batch_dim=1)
+        if by_class is not None:
+            return by_class
         xf = self._flatten(x_T, "x_T")
         sig = check_sigmas(sigmas).to(device=self.device, dtype=self.dtype)
         s2 = (sig ** 2).reshape(-1, 1, 1)                     # [S, 1, 1]
@@ -262,25 +299,54 @@ class Gaussian:
     # ------------------------------------------------------------------ plumbing
     def to(self, device=None, dtype=None) -> "Gaussian":
         """A copy on `device` with parameters in `dtype` (both default to the current ones)."""
-        return Gaussian(self.mean_, self.eigvals_, self.eigvecs_, self.residual_var_,
-                        dtype=dtype or self.dtype, device=device or self.device, n_samples=self.n_samples_)
+        out = Gaussian(self.mean_, self.eigvals_, self.eigvecs_, self.residual_var_,
+                       dtype=dtype or self.dtype, device=device or self.device, n_samples=self.n_samples_)
+        if self.conditional:
+            out._set_classes({c: m.to(device, dtype) for c, m in self.class_models_.items()})
+        return out
+
+    def _state(self, prefix: str = "") -> tuple[dict, dict]:
+        tensors = {f"{prefix}mean": self.mean_, f"{prefix}eigvals": self.eigvals_, f"{prefix}eigvecs": self.eigvecs_}
+        return tensors, dict(residual_var=self.residual_var_, n_samples=self.n_samples_)
 
     def save(self, path) -> None:
-        """safetensors (mean, eigvals, eigvecs) + JSON header {shape, rank, residual_var, n_samples}, atomic."""
-        config = dict(shape=list(self.shape_), rank=self.rank_, residual_var=self.residual_var_,
-                      n_samples=self.n_samples_, dtype=str(self.dtype).removeprefix("torch."))
-        save_state(path, {"mean": self.mean_, "eigvals": self.eigvals_, "eigvecs": self.eigvecs_},
-                   kind=self.kind, config=config)
+        """safetensors (mean, eigvals, eigvecs; per class `class{c}.mean` ...) + JSON header {shape, rank,
+        residual_var, n_samples[, classes]}, atomic."""
+        tensors, config = self._state()
+        config.update(shape=list(self.shape_), rank=self.rank_, dtype=str(self.dtype).removeprefix("torch."))
+        if self.conditional:
+            config["classes"] = {}
+            for c, m in self.class_models_.items():
+                t, cfg = m._state(f"class{c}.")
+                tensors.update(t)
+                config["classes"][str(c)] = cfg
+        save_state(path, tensors, kind=self.kind, config=config)
 
     @classmethod
     def load(cls, path, device=None) -> "Gaussian":
         t, _, config = load_state(path, kind=cls.kind, device=device)
-        return cls(t["mean"], t["eigvals"], t["eigvecs"], config.get("residual_var", 0.0),
-                   dtype=t["mean"].dtype, device=t["mean"].device, n_samples=config.get("n_samples"))
+
+        def build(prefix, cfg):
+            return cls(t[f"{prefix}mean"], t[f"{prefix}eigvals"], t[f"{prefix}eigvecs"],
+                       cfg.get("residual_var", 0.0), dtype=t[f"{prefix}mean"].dtype, device=t[f"{prefix}mean"].device,
+                       n_samples=cfg.get("n_samples"))
+
+        out = build("", config)
+        if config.get("classes"):
+            out._set_classes({int(c): build(f"class{c}.", cfg) for c, cfg in config["classes"].items()})
+        return out
 
     def __repr__(self) -> str:
         res = f", residual_var={self.residual_var_:.4g}" if self._has_residual else ""
-        return f"Gaussian(shape={self.shape_}, rank={self.rank_}/{self.dim}{res}, dtype={self.dtype})"
+        cls = f", classes={list(self.classes_)}" if self.conditional else ""
+        return f"Gaussian(shape={self.shape_}, rank={self.rank_}/{self.dim}{res}{cls}, dtype={self.dtype})"
+
+
+def _take(data, idx: np.ndarray):
+    """Rows `idx` of data (a tensor, an array or an array-like that takes index arrays)."""
+    if isinstance(data, torch.Tensor):
+        return data[torch.as_tensor(idx, device=data.device)]
+    return data[idx]
 
 
 def _array_like(data) -> bool:

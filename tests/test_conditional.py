@@ -1,0 +1,88 @@
+"""Class-conditional analytic models: the model of class c equals the model fitted on class c's rows, row by row
+in a mixed batch; None is the pooled model; the Gaussian's exact PF-ODE (teleportation) holds per class."""
+import pytest
+import torch
+
+import scorelab as sl
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    x, y = sl.data.load("digits", labels=True)
+    return x[:600].double(), torch.as_tensor(y[:600])
+
+
+def test_conditional_gaussian_is_the_per_class_fit(labelled, tmp_path):
+    x, y = labelled
+    g = sl.Gaussian.fit(x, labels=y, rank=20)
+    assert g.conditional and g.classes_ == tuple(range(10))
+    per_class = {c: sl.Gaussian.fit(x[y == c], rank=20) for c in range(10)}
+    pooled = sl.Gaussian.fit(x, rank=20)
+    x_t = x[:30] + 0.7 * torch.randn(30, *x.shape[1:], generator=torch.Generator().manual_seed(0),
+                                     dtype=torch.float64)
+    labels = torch.arange(30) % 10
+    sigma = torch.linspace(0.1, 5.0, 30, dtype=torch.float64)
+    out = g(x_t, sigma, class_labels=labels)
+    for i in range(30):
+        want = per_class[int(labels[i])](x_t[i:i + 1], sigma[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g(x_t, 0.7), pooled(x_t, 0.7))                      # None: the pooled model
+    torch.testing.assert_close(g(x_t, 0.7, class_labels=3), per_class[3](x_t, 0.7))  # one int for all rows
+    torch.testing.assert_close(g.score(x_t, 2.0, class_labels=labels),
+                               (g(x_t, 2.0, class_labels=labels) - x_t) / 4.0)
+    lp = g.log_prob(x_t, 1.0, class_labels=labels)
+    torch.testing.assert_close(lp[:1], per_class[0].log_prob(x_t[:1], 1.0))
+    g.save(tmp_path / "g.safetensors")
+    back = sl.Gaussian.load(tmp_path / "g.safetensors")
+    assert back.classes_ == g.classes_
+    torch.testing.assert_close(back(x_t, sigma, class_labels=labels), out)
+
+
+def test_conditional_trajectory_and_teleport_are_exact_per_class(labelled):
+    x, y = labelled
+    g = sl.Gaussian.fit(x, labels=y)
+    sigmas = sl.schedules.karras(8).double()
+    x_T = torch.randn(6, *x.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 80
+    labels = torch.tensor([0, 5, 5, 9, 0, 2])
+    path = g.trajectory(x_T, sigmas, class_labels=labels)
+    for i in range(6):
+        torch.testing.assert_close(path[:, i], g.class_models_[int(labels[i])].trajectory(x_T[i:i + 1], sigmas)[:, 0])
+    # sampling the class-conditional Gaussian with itself as teleport, warm history: exact jump, per class
+    fine = sl.schedules.karras(60).double()
+    kw = dict(n=6, shape=g.shape_, sigmas=fine, solver="dpmpp_2m", dtype=torch.float64, teleport=g,
+              extra_args={"class_labels": labels}, teleport_args={"class_labels": labels}, skip=0.5)
+    warm = sl.sample(g, warm_history=True, batch_size=4, **kw)
+    x0 = sl.initial_noise(6, g.shape_, 0, dtype=torch.float64) * float(fine[0])
+    exact = g.trajectory(x0, fine, class_labels=labels)[-1]
+    err = float((warm.images - exact).norm() / exact.norm())
+    pooled_jump = sl.sample(g, warm_history=True, batch_size=4, **{**kw, "teleport_args": None})
+    assert err < 0.01 < float((pooled_jump.images - exact).norm() / exact.norm())
+    torch.testing.assert_close(sl.sample(g, warm_history=True, batch_size=6, **kw).images, warm.images)
+
+
+def test_conditional_sample_draws_from_each_class(labelled):
+    x, y = labelled
+    g = sl.Gaussian.fit(x, labels=y)
+    draws = g.sample(4000, generator=torch.Generator().manual_seed(0), class_labels=7)
+    torch.testing.assert_close(draws.mean(0), g.class_models_[7].mean_, rtol=0, atol=0.25)
+    mixed = g.sample(10, generator=torch.Generator().manual_seed(0), class_labels=torch.arange(10))
+    assert mixed.shape == (10, *g.shape_) and torch.isfinite(mixed).all()
+
+
+def test_bad_labels_are_named(labelled):
+    x, y = labelled
+    with pytest.raises(ValueError, match="labels must have shape"):
+        sl.Gaussian.fit(x, labels=y[:10])
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        sl.Gaussian.fit(x[:3], labels=[0, -1, 1])
+    with pytest.raises(TypeError, match="labels must be integers"):
+        sl.Gaussian.fit(x[:3], labels=[0.5, 1.0, 2.0])
+    g = sl.Gaussian.fit(x, labels=y)
+    with pytest.raises(ValueError, match="fitted classes"):
+        g(x[:2], 1.0, class_labels=torch.tensor([3, 11]))
+    with pytest.raises(ValueError, match=r"class_labels must be one int or \[B\]"):
+        g(x[:2], 1.0, class_labels=torch.tensor([3, 1, 2]))
+    with pytest.raises(TypeError, match="class_labels must be integers"):
+        g(x[:2], 1.0, class_labels=torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="fitted without labels"):
+        sl.Gaussian.fit(x)(x[:2], 1.0, class_labels=1)
