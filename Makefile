@@ -54,10 +54,10 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict --site-dir site
 
 bench: $(STAMP) $(PEERS) fashion-mnist
-	$(VPY) bench/run_all.py
+	$(VPY) -m bench.run_all
 
 bench-quick: $(STAMP) $(PEERS) fashion-mnist
-	$(VPY) bench/run_all.py --quick
+	$(VPY) -m bench.run_all --quick
 
 clean:
 	rm -rf out .pytest_cache site

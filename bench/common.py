@@ -1,52 +1,55 @@
-"""Shared pieces of the bench scripts: machine description, result files, the reference U-Net, Fashion-MNIST,
-and k-diffusion's `sampling.py` loaded without the rest of its package (which needs torchvision, skimage, ...)."""
+"""Shared pieces of the bench scripts: the command-line options every script has (--out, --data-path), the
+reference U-Net (also at an earlier git revision), Fashion-MNIST, tables for the terminal, and k-diffusion's
+`sampling.py` loaded without the rest of its package (which needs torchvision, skimage, ...)."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import platform
+import subprocess
 import sys
 import time
 import types
 from pathlib import Path
 
-import torch
+from scorelab.tables import markdown, split_columns
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-# Where results go: bench/results, or $SCORELAB_BENCH_RESULTS (run_all --quick uses bench/results/quick, so a quick
-# run never overwrites the full results the README is generated from).
-RESULTS = Path(os.environ.get("SCORELAB_BENCH_RESULTS") or BENCH / "results")
+from .record import RESULTS, ROOT, cache_dir
+
 UNET_DIR = ROOT / "models" / "fashion-mnist-unet"
 
 
-def machine() -> dict:
-    """Where a number was measured: cores, threads, torch version, date (UTC)."""
-    return dict(cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), platform=platform.platform(),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+def add_output_arguments(ap, data: bool = True) -> None:
+    """--out DIR (where the result record and its plots go; default bench/results) and --data-path DIR (the
+    Fashion-MNIST IDX files, when scorelab.data cannot find them itself)."""
+    ap.add_argument("--out", default=str(RESULTS), metavar="DIR",
+                    help="folder of the result record and its plots (default: the package's bench/results)")
+    if data:
+        ap.add_argument("--data-path", default=None, metavar="DIR",
+                        help="folder with the Fashion-MNIST IDX files (default: found by scorelab.data.load)")
 
 
-def write_result(name: str, payload: dict, command: str) -> Path:
-    """bench/results/<name>.json with the payload, the reproducing command and the machine (atomic write)."""
-    from scorelab._io import write_json
+def fashion_mnist(split: str, n: int | None = None, path=None, labels: bool = False):
+    """Fashion-MNIST images [N, 1, 28, 28] in [-1, 1] (the first `n`), via `scorelab.data.load` (`path`: --data-path)."""
+    import scorelab as sl
 
-    path = RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, dict(command=command, machine=machine(), **payload))
-    return path
+    return sl.data.load("fashion-mnist", split=split, limit=n, labels=labels,
+                        **({"path": path} if path else {}))
 
 
-def command_line() -> str:
-    """The command that ran this script, relative to the repository root."""
-    script = os.path.relpath(sys.argv[0], ROOT)
-    return " ".join([".venv/bin/python", script] + sys.argv[1:])
+def show(rows: list[dict], columns=None, keys=(), digits: int = 4) -> str:
+    """Markdown for the terminal: the rows over `columns` (default: all scalar ones), split into tables of at most 8
+    columns that repeat the `keys` (scorelab.tables)."""
+    if not rows:
+        return "(no rows)"
+    if columns is None:
+        columns = [c for c in dict.fromkeys(k for r in rows for k in r)
+                   if all(not isinstance(r.get(c), (list, dict)) for r in rows)]
+    return "\n\n".join(markdown(rows, group, digits=digits) for group in split_columns(columns, keys))
 
 
 def unet_path(explicit: str | None = None) -> tuple[Path, str]:
     """(directory, label) of the reference U-Net: `explicit`, else the shipped models/fashion-mnist-unet.
     `explicit` may name an earlier version of a model committed to this repository, DIR@REV (e.g.
-    models/fashion-mnist-unet@873d414): its files are read from git into a cache directory."""
+    models/fashion-mnist-unet@873d414): its files are read from git into the cache."""
     if explicit and "@" in str(explicit):
         return model_at_revision(*str(explicit).rsplit("@", 1)), str(explicit)
     if explicit:
@@ -56,45 +59,45 @@ def unet_path(explicit: str | None = None) -> tuple[Path, str]:
     raise FileNotFoundError("no reference U-Net: models/fashion-mnist-unet/model.safetensors is missing (pass --unet)")
 
 
-def load_unet(explicit: str | None = None, dtype=torch.float32):
+def load_unet(explicit: str | None = None, dtype=None):
+    """(the U-Net as a σ-space denoiser, its label)."""
     import scorelab as sl
 
     path, label = unet_path(explicit)
-    return sl.load_model(path, dtype=dtype), label
+    return sl.load_model(path, **({"dtype": dtype} if dtype is not None else {})), label
+
+
+def unet_network(explicit: str | None = None) -> dict:
+    """The record's "network" of the U-Net `explicit` names (see unet_path)."""
+    from .record import network
+
+    path, label = unet_path(explicit)
+    return network(path, label)
 
 
 def teleport_row_order(r: dict):
-    """Table order of teleport.json rows: solver, steps, plain before warm history, skip ascending, 'auto' last."""
+    """Table order of teleport rows: solver, steps, plain before warm history, skip ascending, 'auto' last."""
     skip = r["skip"]
     return r["solver"], r["steps"], bool(r["warm_history"]), skip == "auto", 0.0 if skip == "auto" else float(skip)
 
 
 def model_at_revision(directory: str, rev: str) -> Path:
     """model.safetensors + config.json of repository directory `directory` at git revision `rev`, extracted once
-    into ~/.cache/scorelab/models/<rev>/<directory> (atomically: temp file + rename)."""
-    import subprocess
+    into the cache's models/<rev>/<directory> (atomically)."""
+    from scorelab._io import atomic_path
 
-    out = Path.home() / ".cache" / "scorelab" / "models" / rev / directory
+    out = cache_dir("models", rev, directory)
     for name in ("config.json", "model.safetensors"):
         target = out / name
         if target.exists():
             continue
-        out.mkdir(parents=True, exist_ok=True)
         res = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{directory}/{name}"], capture_output=True)
         if res.returncode != 0:
             raise FileNotFoundError(f"--unet {directory}@{rev}: git cannot read {directory}/{name} at {rev}: "
                                     f"{res.stderr.decode().strip()}")
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(res.stdout)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(res.stdout)
     return out
-
-
-def fashion_mnist(split: str, n: int | None = None) -> torch.Tensor:
-    import scorelab as sl
-
-    x = sl.data.load("fashion-mnist", split=split)
-    return x if n is None else x[:n]
 
 
 def k_diffusion_sampling():
@@ -144,15 +147,3 @@ def best_time(fn, reps: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def md_table(rows: list[dict], columns: list[str], digits: int = 4) -> str:
-    """A markdown table of `rows` (dicts) restricted to `columns`."""
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.{digits}g}"
-        return "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Benchmarks of the empirical, nearest-neighbour, CFDM and GMM denoisers on Fashion-MNIST (60k × 784).
 
-    python bench/empirical.py [--parts gemm,knn,mmap,gmm,samples] [--threads 1]
+    python -m bench.empirical [--parts gemm,knn,mmap,gmm,samples] [--threads 1] [--out DIR] [--data-path DIR]
 
-Parts (each writes bench/results/empirical_<part>.json and prints a markdown table):
+Parts (each writes the result record empirical_<part>.json, bench/results by default, and prints its table):
   gemm     exact Empirical, 1,024 queries × 60k train: effective GFLOP/s (4·B·N·d flops: two GEMMs) as a ratio
            to one plain f32 GEMM of the same size (2·B·N·d) timed in the same run, and to the naive
            cdist + softmax + matmul version.
@@ -10,13 +10,13 @@ Parts (each writes bench/results/empirical_<part>.json and prints a markdown tab
            denoiser-space EV, both against the exact output).
   mmap     Empirical over a memory-mapped .npy 4× larger than a memory cap: peak resident memory of the process.
   gmm      GMM K=100 low-rank EM fit on the full train set: time, iterations, log-likelihood.
-  samples  Heun samples from Empirical, CFDM and GMM: memorised fraction (d1/d2 < 1/3) and PNG grids in docs/img.
+  samples  Heun samples from Empirical, CFDM and GMM: memorised fraction (d1/d2 < 1/3) and PNG grids beside the
+           record (empirical_<model>_samples.png, empirical_<model>_nearest.png).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -27,39 +27,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-from common import RESULTS  # noqa: E402  (bench/ is on sys.path when a script runs)
-IMG = ROOT / "docs" / "img"
-GMM_FILE = ROOT / "out" / "gmm_fashion_k100.safetensors"  # written by the gmm part, read by samples (not in git)
+from . import record
+from .common import add_output_arguments, best_time, fashion_mnist, show
+
+
+def gmm_file() -> Path:
+    """The GMM the gmm part fits and the samples part samples from (in the scorelab cache, not in git)."""
+    return record.cache_dir("bench") / "gmm_fashion_k100.safetensors"
 
 
 def fmnist(split="train"):
-    import scorelab as sl
-
-    return sl.data.load("fashion-mnist", split=split)
+    return fashion_mnist(split, None, ARGS.data_path)
 
 
-def best_time(fn, reps=2):
-    out, best = None, math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+def write(part, rows, **fields):
+    """The record empirical_<part>.json of this part's rows; prints the table."""
+    record.write(f"empirical_{part}", rows, out=ARGS.out, **DESCRIPTIONS[part], **fields)
+    print(show(rows, DESCRIPTIONS[part].get("columns"), keys=DESCRIPTIONS[part].get("keys", ())) + "\n")
 
 
-def write(name, obj):
-    from scorelab._io import write_json
-
-    write_json(RESULTS / f"empirical_{name}.json", obj)
-
-
-def table(header, rows):
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(str(v) for v in r) + " |")
-    print()
+ARGS = argparse.Namespace(data_path=None, out=None)   # the command line, set by main()
+DESCRIPTIONS = {
+    "gemm": dict(title="Exact Empirical denoiser: throughput against a plain GEMM (60k × 784 Fashion-MNIST)",
+                 notes="1,024 noisy test images against the 60,000 training images. Effective GFLOP/s counts the "
+                       "two GEMMs (4·B·N·d flops); ratios are to one plain float32 GEMM of the same size (2·B·N·d) "
+                       "timed in the same run; naive: softmax(−cdist²/2σ²) @ y. Minimum over interleaved "
+                       "repetitions.",
+                 columns=["sigma", "empirical_seconds", "effective_gflops", "ratio_to_gemm", "naive_seconds",
+                          "naive_ratio_to_gemm", "speedup_vs_naive", "max_abs_diff_vs_naive"], keys=["sigma"]),
+    "knn": dict(title="KNN (faiss IVF) vs the exact Empirical denoiser: time and agreement per σ",
+                notes="1,024 noisy test images, N = 60,000: median per-image r² and denoiser-space EV of the KNN "
+                      "estimate against the exact output.", keys=["sigma"]),
+    "mmap": dict(title="Empirical over a memory-mapped .npy four times a memory cap: peak resident memory",
+                 columns=["data_bytes", "cap_bytes", "baseline_rss", "peak_rss", "growth_bytes", "under_cap",
+                          "seconds", "chunk_size"]),
+    "gmm": dict(title="GMM (K=100, low-rank) EM fit on Fashion-MNIST train: time and log-likelihood",
+                columns=["K", "covariance", "rank", "n_iter", "seconds", "final_log_likelihood", "min_increase",
+                         "converged"]),
+    "samples": dict(title="Samples of Empirical, CFDM and GMM denoisers: memorisation",
+                    notes="Memorised: fraction of samples with d1/d2 < 1/3 (distances to the two nearest training "
+                          "images). Grids: 64 samples each, and 8 samples with their 3 nearest training images.",
+                    columns=["model", "sampler", "n", "memorized_fraction", "median_ratio", "seconds"],
+                    keys=["model"]),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -96,9 +106,8 @@ def part_gemm(args):
     gemm_t = min(times["gemm"])
     gemm_flops = 2 * B * N * d / gemm_t
     load = os.getloadavg()[0]
-    res = {"B": B, "N": N, "d": d, "threads": torch.get_num_threads(), "chunk_size": args.chunk_size,
-           "reps": args.reps, "load_average_1min": load, "gemm_seconds": gemm_t, "gemm_gflops": gemm_flops / 1e9,
-           "by_sigma": []}
+    res = {"B": B, "N": N, "d": d, "chunk_size": args.chunk_size, "reps": args.reps, "load_average_1min": load,
+           "gemm_seconds": gemm_t, "gemm_gflops": gemm_flops / 1e9}
     rows = []
     for s in args.sigmas_gemm:
         t_emp, t_naive = min(times[("emp", s)]), min(times[("naive", s)])
@@ -108,15 +117,11 @@ def part_gemm(args):
              "speedup_vs_naive": t_naive / t_emp,
              "max_abs_diff_vs_naive": float((outs[("emp", s)] - outs[("naive", s)]).abs().max()),
              "all_times": {"empirical": times[("emp", s)], "naive": times[("naive", s)], "gemm": times["gemm"]}}
-        res["by_sigma"].append(r)
-        rows.append([s, f"{t_emp:.2f}", f"{eff / 1e9:.1f}", f"{r['ratio_to_gemm']:.2f}", f"{t_naive:.2f}",
-                     f"{r['naive_ratio_to_gemm']:.2f}", f"{r['speedup_vs_naive']:.2f}×"])
+        rows.append(r)
     print(f"Exact Empirical, B={B} queries × N={N} × d={d}, {torch.get_num_threads()} thread(s), "
           f"chunk_size={args.chunk_size}, min of {args.reps} interleaved runs (1-min load average {load:.1f}); "
           f"plain f32 GEMM {gemm_t:.2f} s = {gemm_flops / 1e9:.1f} GFLOP/s\n")
-    table(["σ", "Empirical s", "effective GFLOP/s", "ratio to GEMM", "naive s", "naive ratio", "speed-up vs naive"],
-          rows)
-    write("gemm", res)
+    write("gemm", rows, **res)
 
 
 def r2_stats(out, ref):
@@ -137,20 +142,17 @@ def part_knn(args):
     knn = sl.KNN(y, k=args.k, n_random=args.n_random, index="ivf", nprobe=args.nprobe)
     build = time.perf_counter() - t0
     rows, res = [], {"k": args.k, "n_random": args.n_random, "index": "ivf", "nlist": knn.nlist,
-                     "nprobe": args.nprobe, "build_seconds": build, "threads": torch.get_num_threads(),
-                     "by_sigma": []}
+                     "nprobe": args.nprobe, "build_seconds": build}
     for s in args.sigmas_knn:
         x = x0 + s * torch.randn(x0.shape, generator=g)
         t_e, ref = best_time(lambda: exact(x, s), reps=1)
         t_k, out = best_time(lambda: knn(x, s), reps=2)
         med, ev = r2_stats(out, ref)
-        res["by_sigma"].append({"sigma": s, "empirical_seconds": t_e, "knn_seconds": t_k, "speedup": t_e / t_k,
-                                "median_r2": med, "ev_d": ev})
-        rows.append([s, f"{t_e:.2f}", f"{t_k:.3f}", f"{t_e / t_k:.1f}×", f"{med:.4f}", f"{ev:.4f}"])
+        rows.append({"sigma": s, "empirical_seconds": t_e, "knn_seconds": t_k, "speedup": t_e / t_k,
+                     "median_r2": med, "ev_d": ev})
     print(f"KNN (faiss IVF nlist={knn.nlist}, nprobe={args.nprobe}, k={args.k}, n_random={args.n_random}; "
           f"index build {build:.1f} s) vs exact Empirical, 1,024 noisy test images, N=60,000\n")
-    table(["σ", "Empirical s", "KNN s", "speed-up", "median per-image r²", "EV_D"], rows)
-    write("knn", res)
+    write("knn", rows, **res)
 
 
 MMAP_CHILD = r"""
@@ -182,7 +184,7 @@ print(json.dumps({"baseline_rss": base, "peak_rss": max(peak[0], rss()), "vm_hwm
 def part_mmap(args):
     y = fmnist().reshape(60000, -1).numpy()
     reps = 4
-    with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.npy"
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(reps * 60000, 784))
         for i in range(reps):  # 4 copies, each slightly shifted so no two rows coincide
@@ -200,10 +202,7 @@ def part_mmap(args):
     mb = 2 ** 20
     print(f"Empirical over a memory-mapped .npy of {size / mb:.0f} MiB ({reps * 60000} × 784 float32), "
           f"chunk_size={args.chunk_size}, 64 queries, cap = data/4 = {cap / mb:.0f} MiB\n")
-    table(["baseline RSS MiB", "peak RSS MiB", "growth MiB", "cap MiB", "under cap", "seconds"],
-          [[f"{r['baseline_rss'] / mb:.0f}", f"{r['peak_rss'] / mb:.0f}", f"{growth / mb:.0f}", f"{cap / mb:.0f}",
-            res["under_cap"], f"{r['seconds']:.1f}"]])
-    write("mmap", res)
+    write("mmap", [res])
 
 
 def part_gmm(args):
@@ -213,16 +212,15 @@ def part_gmm(args):
     t0 = time.perf_counter()
     g = sl.GMM.fit(y, args.gmm_k, "lowrank", args.gmm_rank, max_iter=args.gmm_iter, tol=1e-5, progress=True)
     sec = time.perf_counter() - t0
-    g.save(GMM_FILE)
+    g.save(gmm_file())
     ll = g.log_likelihood_
     res = {"K": args.gmm_k, "covariance": "lowrank", "rank": args.gmm_rank, "seconds": sec, "n_iter": g.n_iter_,
-           "converged": g.converged_, "log_likelihood": ll, "threads": torch.get_num_threads(),
+           "converged": g.converged_, "final_log_likelihood": ll[-1],
            "min_increase": min(b - a for a, b in zip(ll, ll[1:])) if len(ll) > 1 else None}
     print(f"GMM fit on Fashion-MNIST train (60,000 × 784), {torch.get_num_threads()} thread(s)\n")
-    table(["K", "covariance", "rank", "EM iterations", "seconds", "final mean log-lik", "min Δ log-lik"],
-          [[args.gmm_k, "lowrank", args.gmm_rank, g.n_iter_, f"{sec:.0f}", f"{ll[-1]:.2f}",
-            f"{res['min_increase']:.3g}"]])
-    write("gmm", res)
+    write("gmm", [res],
+          tables=[dict(title="Mean log-likelihood per EM iteration",
+                       rows=[dict(iteration=i, log_likelihood=v) for i, v in enumerate(ll)])])
 
 
 def part_samples(args):
@@ -236,14 +234,14 @@ def part_samples(args):
     sigmas = schedules.karras(18, sigma_min=0.002, sigma_max=80.0)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(n, 1, 28, 28, generator=g) * 80.0
-    gmm_path = GMM_FILE
+    gmm_path = gmm_file()
     models = {"empirical": sl.Empirical(y)}
     for lam in args.smoothing:
         models[f"cfdm-{lam:g}"] = sl.CFDM(y, lam, args.n_draws, sigma_start=args.sigma_start)
     if gmm_path.exists():
         models["gmm"] = sl.GMM.load(gmm_path).to(dtype=torch.float32)
-    rows, res = [], []
-    IMG.mkdir(parents=True, exist_ok=True)
+    res, plots = [], []
+    folder = record.results_dir(args.out)
     for name, m in models.items():
         t0 = time.perf_counter()
         if name.startswith("cfdm"):
@@ -255,14 +253,14 @@ def part_samples(args):
             how = "Heun 18 steps, σ 80 → 0"
         sec = time.perf_counter() - t0
         frac, ratios, _ = memorization(out, y, return_ratios=True)
-        save_grid(out[:64], IMG / f"{name}_samples.png", nrow=8, scale=2)
-        save_nearest_grid(out[:8], y, IMG / f"{name}_nearest.png", k=3)
+        for kind, save in (("samples", lambda p: save_grid(out[:64], p, nrow=8, scale=2)),
+                           ("nearest", lambda p: save_nearest_grid(out[:8], y, p, k=3))):
+            save(folder / f"empirical_{name}_{kind}.png")
+            plots.append(f"empirical_{name}_{kind}.png")
         res.append({"model": name, "sampler": how, "n": n, "seconds": sec, "memorized_fraction": frac,
                     "median_ratio": float(ratios.median())})
-        rows.append([name, how, n, f"{frac:.2f}", f"{float(ratios.median()):.2f}", f"{sec:.0f}"])
     print("Samples on Fashion-MNIST (train as the training set); memorised = d1/d2 < 1/3\n")
-    table(["model", "sampler", "n", "memorised fraction", "median d1/d2", "seconds"], rows)
-    write("samples", {"results": res, "smoothing": args.smoothing, "n_draws": args.n_draws})
+    write("samples", res, smoothing=args.smoothing, n_draws=args.n_draws, plots=plots)
 
 
 def main():
@@ -284,7 +282,12 @@ def main():
     p.add_argument("--n-draws", type=int, default=8)
     p.add_argument("--sigma-start", type=float, default=2.0)
     p.add_argument("--cfdm-steps", type=int, default=10)
+    add_output_arguments(p)
     args = p.parse_args()
+    unknown = [q for q in args.parts.split(",") if f"part_{q}" not in globals()]
+    if unknown:
+        p.error(f"--parts must be among gemm,knn,mmap,gmm,samples; got {','.join(unknown)}")
+    ARGS.data_path, ARGS.out = args.data_path, args.out
     torch.set_num_threads(args.threads)
     try:
         import faiss
@@ -292,7 +295,6 @@ def main():
         faiss.omp_set_num_threads(args.threads)
     except ImportError:
         pass
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for part in args.parts.split(","):
         globals()[f"part_{part}"](args)
 

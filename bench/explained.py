@@ -1,7 +1,7 @@
 """How much of the trained U-Net's denoiser each closed-form model explains, per noise level σ.
 
-    .venv/bin/python bench/explained.py          # Gaussian, GMM K=10/100, Empirical, KNN, CFDM, ELS; 1,000 images
-    .venv/bin/python bench/explained.py --quick  # Gaussian, GMM K=10, Empirical, KNN fitted on 10k train; 256 images
+    python -m bench.explained          # Gaussian, GMM K=10/100, Empirical, KNN, CFDM, ELS; 1,000 images
+    python -m bench.explained --quick  # Gaussian, GMM K=10, Empirical, KNN fitted on 10k train; 256 images
 
 `sl.diagnostics.explained_variance(models, net, test_images, sigmas)` on held-out test images x = x0 + σε at
 the σ of the Karras 18-step grid (0.002 … 80): score-space EV_s = 1 − E‖s_m − s_ref‖²/E‖s_ref‖²,
@@ -9,7 +9,8 @@ denoiser-space EV_D = 1 − E‖D_m − D_ref‖²/E‖D_ref − E D_ref‖² an
 "Diagnostics"). For each
 model and definition: the crossing σ for 0.99 and 0.9 = the smallest grid σ such that EV ≥ the threshold at every
 grid σ above it too (None: already below at σ_max), i.e. how far down from pure noise the model explains the
-network — the σ at which teleportation could hand over. Writes bench/results/explained.json and prints tables.
+network — the σ at which teleportation could hand over. Writes the result record explained.json (+ EV plots;
+bench/results by default) and prints its tables.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command_line, fashion_mnist, load_unet, md_table, write_result  # noqa: E402
+import scorelab as sl
 
-import scorelab as sl  # noqa: E402
+from . import record
+from .common import add_output_arguments, fashion_mnist, load_unet, show, unet_network
 
 FULL = "gaussian,gmm10,gmm100,empirical,knn,cfdm,els"
 QUICK = "gaussian,gmm10,empirical,knn"
@@ -66,21 +67,19 @@ def fit_or_load(name, make, train, args):
     return model, seconds
 
 
-def plot_ev(rows: list[dict], labels: list[str], sigmas: list[float], out: str) -> list[str]:
-    """EV_s and EV_D vs σ, one line per model: bench/results/<out>_ev_s.png, <out>_ev_d.png (paths from the repo)."""
-    import os
-
+def plot_ev(rows: list[dict], labels: list[str], sigmas: list[float], folder: Path, name: str) -> list[str]:
+    """EV_s and EV_D vs σ, one line per model: <folder>/<name>_ev_s.png, <name>_ev_d.png (the file names)."""
     from scorelab.report import save_line_plot
 
     paths = []
-    for column, name, ylabel, ylim in [("ev_score", "ev_s", "EV_s (score space)", None),
+    for column, kind, ylabel, ylim in [("ev_score", "ev_s", "EV_s (score space)", None),
                                        ("ev_denoiser", "ev_d", "EV_D (denoiser space)", (-0.2, 1.02))]:
         ys = {m: [next(r[column] for r in rows if r["model"] == m and r["sigma"] == s) for s in sigmas]
               for m in labels}
-        path = RESULTS / f"{out}_{name}.png"
+        path = folder / f"{name}_{kind}.png"
         save_line_plot(sigmas, ys, path, xlabel="σ", ylabel=ylabel, logx=True, ylim=ylim,
                        title=f"{ylabel} of closed-form models against the U-Net")
-        paths.append(os.path.relpath(path, RESULTS.parent.parent))
+        paths.append(path.name)
     return paths
 
 
@@ -108,10 +107,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--unet", default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="explained")
-    ap.add_argument("--fit-cache", default=str(RESULTS / "tmp" / "fits"),
+    ap.add_argument("--name", default="explained", help="record name (default %(default)s)")
+    add_output_arguments(ap)
+    ap.add_argument("--fit-cache", default=str(record.cache_dir("fits")),
                     help="folder where fitted GMMs are kept and reused (keyed by K, n_fit, EM iterations; "
-                         "default %(default)s); '' to refit")
+                         "default: the scorelab cache's fits/); '' to refit")
     ap.add_argument("--fit-only", action="store_true", help="fit (and cache) the models, then stop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -125,7 +125,7 @@ def main():
         raise ValueError(f"--models must be among {','.join(table_of)}; got {','.join(unknown)}")
 
     net, unet_label = load_unet(args.unet)
-    train, held = fashion_mnist("train", n_fit), fashion_mnist("test", n)
+    train, held = fashion_mnist("train", n_fit, args.data_path), fashion_mnist("test", n, args.data_path)
     models, fit_seconds = {}, {}
     for name in names:
         label, make = table_of[name]
@@ -149,21 +149,33 @@ def main():
                               ev_d_09=crossing(mine, "ev_denoiser", 0.9)))
 
     print(f"## Explained variance vs the U-Net ({unet_label}); {n} test images, fit on {n_fit} train images\n")
-    wide = []
-    for s in sigmas:
-        row = dict(sigma=s)
-        for r in rows:
-            if r["sigma"] == s:
-                row[f"{r['model']} EV_s / EV_D"] = f"{r['ev_score']:.4f} / {r['ev_denoiser']:.4f}"
-        wide.append(row)
-    print(md_table(wide, list(wide[0].keys())))
-    print("\nCrossing σ (smallest σ with EV ≥ threshold there and above):\n")
-    print(md_table(crossings, list(crossings[0].keys())))
-    plots = plot_ev(rows, list(models), sigmas, args.out)
-    write_result(args.out, dict(
-        name="explained", plots=plots, quick=args.quick, n=n, n_fit=n_fit, unet=unet_label, threads=args.threads,
-        sigmas=sigmas, models=list(models), fit_seconds=fit_seconds, ev_seconds=round(ev_seconds, 1),
-        rows=rows, crossings=crossings), command_line())
+    plots = plot_ev(rows, list(models), sigmas, record.results_dir(args.out), args.name)
+    extra = describe(n, n_fit, sigmas, list(models), rows, crossings, quick=args.quick)
+    print(show(rows, keys=extra["keys"]))
+    for t in extra["tables"]:
+        print(f"\n{t['title']}\n\n" + show(t["rows"], keys=t.get("keys", ())))
+    record.write(args.name, rows, out=args.out, network=unet_network(args.unet), plots=plots, quick=args.quick,
+                 n=n, n_fit=n_fit, threads=args.threads, models=list(models), fit_seconds=fit_seconds,
+                 ev_seconds=round(ev_seconds, 1), **extra)
+
+
+def describe(n, n_fit, sigmas, models, rows, crossings, quick=False) -> dict:
+    """Title, notes, columns and tables of the record (shared with the conversion of older results): the long
+    table (one row per model and σ), EV_s and EV_D per σ with a column per model, and the crossing σ."""
+    def wide(column):
+        return [dict(sigma=s, **{m: next(r[column] for r in rows if r["model"] == m and r["sigma"] == s)
+                                 for m in models}) for s in sigmas]
+
+    return dict(
+        title="Explained variance of closed-form models vs the U-Net, per σ",
+        notes=f"Held-out test images ({n}), models fitted on {n_fit} train images" +
+              (" (quick run)" if quick else "") + ". EV_s: score-space explained variance; EV_D: denoiser-space "
+              "(stricter); r2_median: median per-image r² (DESIGN.md, Diagnostics). Crossing σ: the smallest grid "
+              "σ at and above which EV ≥ the threshold (empty: below it already at σ = 80).",
+        columns=["model", "sigma", "ev_score", "ev_denoiser", "r2_median", "mse"], keys=["model", "sigma"],
+        tables=[dict(title="EV_s per σ (score space)", rows=wide("ev_score"), keys=["sigma"]),
+                dict(title="EV_D per σ (denoiser space)", rows=wide("ev_denoiser"), keys=["sigma"]),
+                dict(title="Crossing σ per model", rows=crossings, keys=["model"])])
 
 
 if __name__ == "__main__":

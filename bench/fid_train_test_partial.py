@@ -1,27 +1,34 @@
-"""FID / KID / FD∞ of Fashion-MNIST train vs test from the feature blocks cached so far by fid_reference_job.py
-(cache lookups only: never runs the network). Prints a markdown table; writes bench/results/fid_train_test_partial.json.
+"""FID / KID / FD∞ of Fashion-MNIST train vs test from the feature blocks cached so far by
+`bench.fid_reference_job` (cache lookups only: never runs the network).
 
-    .venv/bin/python bench/fid_train_test_partial.py
+    python -m bench.fid_train_test_partial [--out DIR] [--data-path DIR]
+
+Prints a markdown table; writes the result record fid_train_test_partial.json (bench/results by default).
 """
+from __future__ import annotations
+
+import argparse
+
 import torch
 
-torch.set_num_threads(1)
-from scorelab._io import load_state, write_json  # noqa: E402
-from scorelab.data.idx import read_idx  # noqa: E402
-from scorelab.metrics.frechet import fd_inf, fid  # noqa: E402
-from scorelab.metrics.inception import default_extractor, quantize  # noqa: E402
-from scorelab.metrics.kid import kid  # noqa: E402
-from scorelab.metrics.stats import BLOCK, _sha1, cache_dir  # noqa: E402
+from . import record
+from .common import add_output_arguments, fashion_mnist, show
 
-ROOT = "/usr/share/datasets/fashion-mnist/"
-folder = cache_dir() / "features" / default_extractor().sha1_[:12]
+DESCRIPTION = dict(title="FID, KID and FD∞ of Fashion-MNIST train vs test from the cached feature blocks",
+                   notes="Only the Inception features already cached by bench.fid_reference_job are used (N: the "
+                         "number of train and of test images available). FD∞ (fd_inf_train_subsets_vs_test): "
+                         "extrapolation to infinitely many train images.", keys=["n"])
 
 
-def cached_prefix(split):
-    name = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}[split]
-    px = quantize(torch.from_numpy(read_idx(ROOT + name)[:10000].copy()).float()[:, None] / 127.5 - 1)
+def cached_prefix(x: torch.Tensor, folder) -> torch.Tensor:
+    """Features of the longest prefix of `x` whose blocks are all in the cache (no network evaluation)."""
+    from scorelab._io import load_state
+    from scorelab.metrics.inception import quantize
+    from scorelab.metrics.stats import BLOCK, _sha1
+
+    px = quantize(x)
     out = []
-    for i in range(0, 10000, BLOCK):
+    for i in range(0, len(px), BLOCK):
         path = folder / f"{_sha1(px[i:i + BLOCK])}.safetensors"
         if not path.is_file():
             break
@@ -29,18 +36,33 @@ def cached_prefix(split):
     return torch.cat(out) if out else torch.zeros(0, 2048)
 
 
-train, test = cached_prefix("train"), cached_prefix("test")
-n = min(len(train), len(test))
-rows = []
-sizes = sorted({m for m in (1000, 2000, 5000, 10000, n) if m <= n})
-for m in sizes:
-    k = kid(train[:m], test[:m], n_subsets=100, subset_size=min(1000, m))
-    rows.append({"n": m, "fid": fid(train[:m], test[:m]), "kid": k.mean, "kid_std": k.std})
-inf = fd_inf(train[:n], test[:n], n_points=10, min_n=max(2, n // 5)) if n >= 1000 else None
-result = {"n_available": n, "rows": rows, "fd_inf_train_subsets_vs_test": None if inf is None else inf.value}
-write_json("bench/results/fid_train_test_partial.json", result)
-print("| N train vs N test | FID | KID (×10³) |\n|---|---|---|")
-for r in rows:
-    print(f"| {r['n']} | {r['fid']:.3f} | {1e3 * r['kid']:.3f} ± {1e3 * r['kid_std']:.3f} |")
-if inf is not None:
-    print(f"\nFD∞ (train subsets of {n // 5}..{n} vs {n} test images) = {inf.value:.3f}")
+def main(argv=None):
+    from scorelab.metrics.frechet import fd_inf, fid
+    from scorelab.metrics.inception import default_extractor
+    from scorelab.metrics.kid import kid
+    from scorelab.metrics.stats import cache_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_arguments(ap)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    folder = cache_dir() / "features" / default_extractor().sha1_[:12]
+    train = cached_prefix(fashion_mnist("train", 10000, args.data_path), folder)
+    test = cached_prefix(fashion_mnist("test", 10000, args.data_path), folder)
+    n = min(len(train), len(test))
+    if n == 0:
+        raise SystemExit("fid_train_test_partial: no cached feature blocks yet (run python -m bench.fid_reference_job)")
+    rows = []
+    for m in sorted({m for m in (1000, 2000, 5000, 10000, n) if m <= n}):
+        k = kid(train[:m], test[:m], n_subsets=100, subset_size=min(1000, m))
+        rows.append({"n": m, "fid": fid(train[:m], test[:m]), "kid": k.mean, "kid_std": k.std})
+    inf = fd_inf(train[:n], test[:n], n_points=10, min_n=max(2, n // 5)) if n >= 1000 else None
+    print(show(rows, keys=["n"]))
+    if inf is not None:
+        print(f"\nFD∞ (train subsets of {n // 5}..{n} vs {n} test images) = {inf.value:.3f}")
+    record.write("fid_train_test_partial", rows, out=args.out, n_available=n,
+                 fd_inf_train_subsets_vs_test=None if inf is None else inf.value, **DESCRIPTION)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Local denoisers (ELS / LS / PSPC) on Fashion-MNIST: speed vs the loop reference, sampling throughput, and
 fidelity to the project's trained U-Net (when models/fashion-mnist-unet exists).
 
-    .venv/bin/python bench/local.py [--parts speed,sample,wiener,fidelity] [--n-data N] [--threads 1]
+    python -m bench.local [--parts speed,sample,wiener,fidelity] [--n-data N] [--threads 1] [--out DIR]
 
 Parts
 - speed:    vectorised ELS / bbELS / LS / PSPC vs `models/local_reference.py` (one Python iteration per pixel),
@@ -11,14 +11,12 @@ Parts
 - fidelity: calibrate ELS's patch size per σ against the U-Net (median per-image r²), then the median r²
             per σ on other held-out images, and for whole Heun-18 trajectories from the same noise; a grid of
             sample pairs (top: ELS, bottom: U-Net, same seeds).
-Writes bench/results/local.json (+ PNG grids) and prints markdown tables. One CPU thread by default.
+Each part writes its result record, local_<part>.json (the fidelity part: local_<--key>.json, with its patch-size
+calibration), + PNG grids, in bench/results by default, and prints its tables. One CPU thread by default.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,18 +24,41 @@ import torch
 from tqdm import tqdm
 
 import scorelab as sl
-from scorelab._io import write_json
 from scorelab.calibration import calibrate_patch_size, per_image_r2
 from scorelab.images import save_grid
 from scorelab.models import local_reference as ref
 from scorelab.models.local import ELS, PSPC
 
-RESULTS = Path(__file__).parent / "results"
-UNET = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist-unet"
+from . import record
+from .common import UNET_DIR, add_output_arguments, fashion_mnist, show
+
+DESCRIPTIONS = {
+    "speed": dict(title="Local denoisers (ELS, LS, PSPC): vectorised vs the loop reference",
+                  notes="Same inputs in float64, σ = 0.5; CPU seconds of this process, best of repeated runs. "
+                        "The loop reference "
+                        "(scorelab/models/local_reference.py) runs one Python iteration per output pixel.",
+                  keys=["model", "patch", "n_data"]),
+    "sample": dict(title="ELS sampling throughput (Heun, 18 steps, Karras grid)",
+                   columns=["model", "n", "nfe", "seconds", "cpu_seconds", "images_per_s", "images_per_cpu_s"]),
+    "wiener": dict(title="Wiener locality masks and denoising r² per σ",
+                   notes="Median per-image r² of the denoised against the clean test image (16 images); the mask "
+                         "size is the number of pixels (of 784) each output pixel depends on.", keys=["sigma"]),
+    "fidelity": dict(notes="ELS with its patch size calibrated per σ against the network (median per-image r²), "
+                           "then the median per-image r² per σ on other held-out images, and for whole Heun-18 "
+                           "trajectories from the same noise (top row of the grid: ELS, bottom: the network).",
+                     keys=["sigma"]),
+}
 
 
-def load_results(path):
-    return json.loads(path.read_text()) if path.exists() else {}
+def fidelity_title(unet_label: str) -> str:
+    return f"ELS (calibrated patch size) vs {unet_label}: median per-image r² per σ"
+
+
+def calibration_table(cal: dict) -> dict:
+    """The patch-size calibration as a table: r² per σ and patch size, and the best size."""
+    rows = [dict(sigma=s, **{f"P={p}": v for p, v in zip(cal["patch_sizes"], r2)}, best=b, best_r2=br)
+            for s, r2, b, br in zip(cal["sigmas"], cal["r2"], cal["best"], cal["best_r2"])]
+    return dict(title="Patch-size calibration: median per-image r² vs the network", rows=rows, keys=["sigma"])
 
 
 def timed(fn, repeat=1):
@@ -59,12 +80,6 @@ def part_speed(train, test, args):
     rows = []
     for n_data in args.speed_data:
         rows += speed_rows(train[:n_data].double(), x, args)
-    print("\n### Vectorised vs loop reference (float64, σ = 0.5)\n")
-    print("| model | P | train images | images | vectorised (CPU s) | loop (CPU s) | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['patch']} | {r['n_data']} | {r['images']} | {r['vectorised_s']} | {r['loop_s']} "
-              f"| {r['speedup']}× | {r['max_abs_diff']:.1e} |")
     return rows
 
 
@@ -96,17 +111,12 @@ def part_sample(train, args):
     t0, c0 = time.perf_counter(), time.process_time()
     images, nfe = heun_with_log(model, args.sample_n, 0, sigmas)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    path = RESULTS / "local_els_samples.png"
+    path = record.results_dir(args.out) / "local_els_samples.png"
     save_grid(images, path, nrow=8, scale=2)
     row = dict(model=repr(model), n=args.sample_n, steps=18, nfe=nfe, seconds=round(seconds, 1),
                cpu_seconds=round(cpu_seconds, 1), images_per_s=round(args.sample_n / seconds, 4),
-               images_per_cpu_s=round(args.sample_n / cpu_seconds, 4), grid=str(path.relative_to(RESULTS.parent.parent)))
-    print("\n### Sampling throughput (Heun, 18 steps, Karras grid)\n")
-    print("| model | train images | samples | NFE | wall s | CPU s | images/s (wall) | images/s (CPU) |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| ELS P={args.sample_patch} {args.border} | {model.data_.shape[0]} | {args.sample_n} | {nfe} | "
-          f"{row['seconds']} | {row['cpu_seconds']} | {row['images_per_s']} | {row['images_per_cpu_s']} |")
-    return row
+               images_per_cpu_s=round(args.sample_n / cpu_seconds, 4))
+    return [row], [path.name]
 
 
 def part_wiener(train, test, args):
@@ -123,13 +133,6 @@ def part_wiener(train, test, args):
                          r2_masked=float(torch.quantile(per_image_r2(masked, held), 0.5)),
                          r2_linear=float(torch.quantile(per_image_r2(w.linear(x, s), held), 0.5)),
                          cpu_s_16_images=round(cpu, 2)))
-    print(f"\n### Wiener locality masks ({args.wiener_data} images, energy {args.energy}); median per-image r² "
-          "of the denoised vs the clean test image\n")
-    print("| σ | median mask size (of 784) | r² masked empirical | r² linear Wiener | CPU s (16 images) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['sigma']} | {r['median_mask_pixels']:.0f} | {r['r2_masked']:.3f} | {r['r2_linear']:.3f} | "
-              f"{r['cpu_s_16_images']} |")
     return rows
 
 
@@ -147,11 +150,8 @@ def part_fidelity(train, test, args):
     grid = sl.schedules.karras(18)[:-1]
     sig = [float(s) for s in grid[::args.sigma_stride]]
     suffix = "" if args.key == "fidelity" else "_" + args.key.removeprefix("fidelity_")
-    stem = Path(args.out).stem + suffix
-    cal = calibrate_patch_size(els, unet, test[:args.cal_images], sig, patch_sizes=args.patch_sizes,
-                               path=Path(args.out).with_name(stem + "_calibration.json"))
-    print("\n### Patch-size calibration (median per-image r² vs the U-Net)\n")
-    print(cal.table())
+    stem = "local" + suffix
+    cal = calibrate_patch_size(els, unet, test[:args.cal_images], sig, patch_sizes=args.patch_sizes)
     model = els.with_patch_size(cal.schedule)
     held = test[args.cal_images:args.cal_images + args.eval_images]
     gen = torch.Generator().manual_seed(1)
@@ -164,21 +164,18 @@ def part_fidelity(train, test, args):
     a, _ = heun_with_log(model, args.traj_n, 7, sigmas)
     b, _ = heun_with_log(unet, args.traj_n, 7, sigmas)
     traj_r2 = per_image_r2(a, b)
-    pairs = Path(args.out).with_name(stem + "_els_vs_unet.png")
+    pairs = record.results_dir(args.out) / (stem + "_els_vs_unet.png")
     save_grid(torch.cat([a[:8], b[:8]]), pairs, nrow=min(8, len(a)), scale=2)
-    print("\n### ELS (calibrated) vs U-Net: median per-image r² of the denoiser output\n")
-    print("| σ | P | median r² |")
-    print("|---|---|---|")
-    for r in per_sigma:
-        print(f"| {r['sigma']:.3g} | {r['patch']} | {r['median_r2']:.3f} |")
     print(f"\nWhole Heun-18 trajectories from the same noise ({args.traj_n} seeds): median per-image r² of the "
           f"final samples = {float(torch.quantile(traj_r2, 0.5)):.3f}")
-    root = Path(__file__).resolve().parent.parent
-    label = os.path.relpath(unet_path.resolve(), root) if unet_path.resolve().is_relative_to(root) else str(unet_path)
-    return dict(unet=label, unet_sha256=sl.nets.model_sha256(unet_path), n_data=model.data_.shape[0],
-                els_data=args.els_data, border=args.border, calibration=cal.to_dict(), per_sigma=per_sigma,
-                trajectory_median_r2=float(torch.quantile(traj_r2, 0.5)),
-                trajectory_r2=[float(v) for v in traj_r2], pairs_grid=str(pairs))
+    network = record.network(unet_path)
+    calibration = cal.to_dict()
+    return per_sigma, dict(
+        network=network, title=fidelity_title(network["path"]), n_data=model.data_.shape[0],
+        els_data=args.els_data, border=args.border,
+        calibration={k: calibration[k] for k in ("metric", "patch_sizes", "schedule")},
+        trajectory_median_r2=float(torch.quantile(traj_r2, 0.5)), trajectory_r2=[float(v) for v in traj_r2],
+        plots=[pairs.name], tables=[calibration_table(calibration)])
 
 
 def main():
@@ -203,35 +200,42 @@ def main():
     ap.add_argument("--traj-n", type=int, default=16)
     ap.add_argument("--sigma-stride", type=int, default=2, help="calibrate on every k-th σ of the Karras-18 grid")
     ap.add_argument("--patch-sizes", type=int, nargs="+", default=[3, 5, 7, 9, 11, 15, 21])
-    ap.add_argument("--unet", default=str(UNET), help="reference network directory (default: %(default)s)")
+    ap.add_argument("--unet", default=str(UNET_DIR),
+                    help="reference network directory (default: the shipped models/fashion-mnist-unet)")
     ap.add_argument("--key", default="fidelity",
-                    help="results key of the fidelity part, e.g. fidelity_conv for another reference network; its "
-                         "calibration JSON and sample pairs get the same suffix (default: %(default)s)")
-    ap.add_argument("--out", default=str(RESULTS / "local.json"))
+                    help="name of the fidelity part's record, local_KEY.json, e.g. fidelity_conv for another "
+                         "reference network; its sample pairs get the same suffix (default: %(default)s)")
+    add_output_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     parts = args.parts.split(",")
+    unknown = [p for p in parts if p not in DESCRIPTIONS]
+    if unknown:
+        ap.error(f"--parts must be among {','.join(DESCRIPTIONS)}; got {','.join(unknown)}")
 
-    train = sl.data.load("fashion-mnist", split="train")
-    test = sl.data.load("fashion-mnist", split="test")
-    out_path = Path(args.out)
-    results = load_results(out_path)
-    results["machine"] = dict(cpus=os.cpu_count(), threads=args.threads, torch=torch.__version__,
-                              platform=platform.platform())
+    train = fashion_mnist("train", None, args.data_path)
+    test = fashion_mnist("test", None, args.data_path)
+
+    def write(name, part, rows, **fields):
+        d = {**DESCRIPTIONS[part], **fields}
+        print(f"\n### {d['title']}\n\n" + show(rows, d.get("columns"), keys=d.get("keys", ())))
+        for t in d.get("tables", []):
+            print(f"\n{t['title']}\n\n" + show(t["rows"], keys=t.get("keys", ())))
+        print(f"wrote {record.write(name, rows, out=args.out, **d)}")
+
     if "speed" in parts:
-        results["speed"] = part_speed(train, test, args)
-        write_json(out_path, results)
+        write("local_speed", "speed", part_speed(train, test, args))
     if "sample" in parts:
-        results["sample"] = part_sample(train, args)
+        rows, plots = part_sample(train, args)
+        write("local_sample", "sample", rows, plots=plots)
     if "wiener" in parts:
-        results["wiener"] = part_wiener(train, test, args)
-        write_json(out_path, results)
+        write("local_wiener", "wiener", part_wiener(train, test, args), n_data=args.wiener_data,
+              energy=args.energy)
     if "fidelity" in parts:
         fid = part_fidelity(train, test, args)
         if fid is not None:
-            results[args.key] = fid
-    write_json(out_path, results)
-    print(f"\nwrote {out_path}")
+            rows, fields = fid
+            write(f"local_{args.key}", "fidelity", rows, **fields)
 
 
 if __name__ == "__main__":

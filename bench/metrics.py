@@ -1,32 +1,33 @@
 """Benchmarks of the metrics: Inception throughput against this machine's GEMM limit, FID wall time, and the
-explained-variance table of analytic models against a trained network. Prints markdown tables and writes
-bench/results/metrics.json (each part updates its own key).
+explained-variance table of analytic models against a trained network. Prints markdown tables and writes one
+result record per part: metrics_speed.json, metrics_ev.json (+ plots), metrics_unet_fid.json (bench/results by
+default, --out DIR).
 
-    .venv/bin/python bench/metrics.py speed                  # images/s vs FLOPs / GEMM rate, FID math time
-    .venv/bin/python bench/metrics.py ev --model models/fashion-mnist-unet [--n 512]
-    .venv/bin/python bench/metrics.py unet-fid --model models/fashion-mnist-unet --n 5000 --steps 18 35
+    python -m bench.metrics speed                  # images/s vs FLOPs / GEMM rate, FID math time
+    python -m bench.metrics ev --model models/fashion-mnist-unet [--n 512]
+    python -m bench.metrics unet-fid --model models/fashion-mnist-unet --n 5000 --steps 18 35
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import torch
 
-from common import RESULTS as _FOLDER  # noqa: E402
+from . import record
+from .common import add_output_arguments, show
 
-RESULTS = _FOLDER / "metrics.json"
-
-
-def _update(key: str, value) -> None:
-    from scorelab._io import write_json
-
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    data[key] = value
-    write_json(RESULTS, data)
+SPEED = dict(title="Inception feature extraction: throughput vs this machine's GEMM limit, and FID's cost",
+             notes="Images per second of the Inception network (best and mean of interleaved batches) against the "
+                   "limit the float32 GEMM rate allows (FLOPs per image counted by torch's FlopCounterMode); FID "
+                   "math: statistics and matrix square root of 10k × 2048 features.",
+             columns=["threads", "images_per_s_best", "images_per_s_mean", "limit_images_per_s", "fraction_of_limit",
+                      "gemm_gflops_best", "fid_math_seconds_10k", "fid_10k_vs_10k_seconds_estimate"])
+UNET_FID = dict(title="FID and KID of the U-Net's Heun samples (5,000 vs 5,000 test images, Inception)",
+                notes="Samples from seed 0, Karras grid (σ 0.002 … 80, ρ = 7); Inception features cached on disk; "
+                      "KID as mean ± std over subsets.")
 
 
 def gemm_rate(n: int = 2048, repeats: int = 10) -> float:
@@ -83,14 +84,9 @@ def speed(args) -> None:
            "images_per_s_best": ips, "images_per_s_mean": ips_mean, "limit_images_per_s": limit,
            "fraction_of_limit": ips / limit, "fraction_of_limit_means": ips_mean / (rate_mean / flops),
            "fid_math_seconds_10k": fid_math, "fid_10k_vs_10k_seconds_estimate": 20000 / ips_mean + fid_math,
-           "load_average": os.getloadavg()[0]}
-    _update("speed", res)
-    print("| threads | GFLOP/image | GEMM GFLOP/s best (mean) | limit img/s | Inception img/s best (mean) | "
-          "% of limit best (means) | FID math 10k vs 10k (s) | FID 10k vs 10k incl. extraction (s, est.) | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.threads} | {flops / 1e9:.2f} | {rate / 1e9:.1f} ({rate_mean / 1e9:.1f}) | {limit:.2f} | "
-          f"{ips:.2f} ({ips_mean:.2f}) | {100 * ips / limit:.0f}% ({100 * res['fraction_of_limit_means']:.0f}%) | "
-          f"{fid_math:.1f} | {res['fid_10k_vs_10k_seconds_estimate']:.0f} | {res['load_average']:.1f} |")
+           "load_average_at_end": os.getloadavg()[0]}
+    record.write("metrics_speed", [res], out=args.out, **SPEED)
+    print(show([res], SPEED["columns"]))
 
 
 def explained(args) -> None:
@@ -100,8 +96,9 @@ def explained(args) -> None:
 
     torch.set_num_threads(args.threads)
     net = load_denoiser(args.model)
-    train = sl.data.load(args.data, split="train", limit=args.n_fit)
-    held = sl.data.load(args.data, split="test", limit=args.n)
+    path = {"path": args.data_path} if args.data_path else {}
+    train = sl.data.load(args.data, split="train", limit=args.n_fit, **path)
+    held = sl.data.load(args.data, split="test", limit=args.n, **path)
     models, fit_s = {}, {}
     for name, make in [("Gaussian", lambda: sl.Gaussian.fit(train)),
                        ("GMM (K=10)", lambda: sl.GMM.fit(train, n_components=10, covariance="full", progress=True)),
@@ -116,13 +113,18 @@ def explained(args) -> None:
     t = time.perf_counter()
     table = explained_variance(models, net, held, grid, batch_size=64)
     seconds = time.perf_counter() - t
-    _update("explained_variance", {"model": args.model, "data": args.data, "n_eval": len(held), "n_fit": len(train),
-                                   "fit_seconds": fit_s, "seconds": seconds, "rows": list(table)})
     sig = sorted({r["sigma"] for r in table})
+    plots = []
     for col in ("ev_score", "ev_denoiser"):
         ys = {m: [next(r[col] for r in table if r["model"] == m and r["sigma"] == s) for s in sig] for m in models}
-        save_line_plot(sig, ys, RESULTS.parent / f"ev_{col}.png", xlabel="σ", ylabel=col, logx=True,
+        path = record.results_dir(args.out) / f"metrics_ev_{col}.png"
+        save_line_plot(sig, ys, path, xlabel="σ", ylabel=col, logx=True,
                        ylim=(-0.1, 1.02), title=f"{col} against {args.model} ({args.data} test, n={len(held)})")
+        plots.append(path.name)
+    record.write("metrics_ev", list(table), out=args.out, network=record.network(args.model), plots=plots,
+                 title=f"Explained variance of analytic models vs {args.model} ({args.data})",
+                 columns=["model", "sigma", "ev_score", "ev_denoiser", "r2_median", "mse"], keys=["model", "sigma"],
+                 data=args.data, n_eval=len(held), n_fit=len(train), fit_seconds=fit_s, seconds=seconds)
     wide = []
     for s in sorted(sig, reverse=True):
         row = {"sigma": s}
@@ -130,7 +132,7 @@ def explained(args) -> None:
             r = next(r for r in table if r["model"] == m and r["sigma"] == s)
             row[f"{m} EV_s"], row[f"{m} EV_D"] = r["ev_score"], r["ev_denoiser"]
         wide.append(row)
-    print(sl.diagnostics.Table(wide).to_markdown())
+    print(show(wide, keys=["sigma"]))
 
 
 def unet_fid(args) -> None:
@@ -152,11 +154,10 @@ def unet_fid(args) -> None:
         out[f"heun{steps}"] = {"nfe": res.nfe, "fid": fid(f, ref), "kid": k.mean, "kid_std": k.std,
                                "sample_seconds": res.seconds}
         print(steps, out[f"heun{steps}"], flush=True)
-    _update("unet_fid", {"model": args.model, "n": args.n, **out})
-    print("| solver | steps | NFE | FID | KID |\n|---|---|---|---|---|")
-    for steps in args.steps:
-        r = out[f"heun{steps}"]
-        print(f"| heun | {steps} | {r['nfe']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} |")
+    rows = [dict(solver="heun", steps=steps, **out[f"heun{steps}"]) for steps in args.steps]
+    record.write("metrics_unet_fid", rows, out=args.out, network=record.network(args.model), data=args.data,
+                 n=args.n, keys=["solver", "steps"], **UNET_FID)
+    print(show(rows, keys=["solver", "steps"]))
 
 
 def main(argv=None) -> int:
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--images", type=int, default=64)
     s.add_argument("--batch-size", type=int, default=16)
+    add_output_arguments(s, data=False)
     s.set_defaults(func=speed)
     e = sub.add_parser("ev")
     e.add_argument("--model", required=True)
@@ -174,6 +176,7 @@ def main(argv=None) -> int:
     e.add_argument("--n-fit", type=int, default=60000)
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
+    add_output_arguments(e)
     e.set_defaults(func=explained)
     u = sub.add_parser("unet-fid")
     u.add_argument("--model", required=True)
@@ -181,6 +184,7 @@ def main(argv=None) -> int:
     u.add_argument("--n", type=int, default=5000)
     u.add_argument("--steps", type=int, nargs="+", default=[18, 35])
     u.add_argument("--threads", type=int, default=1)
+    add_output_arguments(u, data=False)
     u.set_defaults(func=unet_fid)
     args = p.parse_args(argv)
     args.func(args)

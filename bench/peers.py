@@ -1,6 +1,6 @@
 """scorelab's ODE solvers against k-diffusion's samplers and diffusers' schedulers on the same denoiser and σ grid.
 
-    .venv/bin/python bench/peers.py [--quick] [--n 256] [--unet-n 16] [--unet DIR] [--no-unet] [--reps 3]
+    python -m bench.peers [--quick] [--n 256] [--unet-n 16] [--unet DIR] [--no-unet] [--reps 3] [--out DIR]
 
 Denoisers: the Gaussian fitted to Fashion-MNIST's train split (float64; `g.trajectory` gives the exact endpoint
 of every sample), and the project's U-Net (float32; models/fashion-mnist-unet, else the training run's snapshot).
@@ -16,23 +16,22 @@ UniPCMultistepScheduler with their σ and timestep arrays replaced by the shared
 solver_type="heun", whose warm-up second-order step is k-diffusion's ("midpoint" differs there only); the
 σ-space denoiser is given to them as an x0 ("sample") prediction, or as ε = (x − D)/σ for Euler). diffusers' Euler and DPM-Solver
 steps cast the sample to float32 whatever its dtype, so they agree with float64 solvers only to ~1e-6.
-Writes bench/results/peers.json and prints markdown tables.
+Writes the result record peers.json (bench/results by default) and prints its tables.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (best_time, command_line, fashion_mnist, k_diffusion_sampling, load_unet, md_table,  # noqa: E402
-                    write_result)
+import scorelab as sl
+from scorelab.sample import _per_sample_noise, sample_seed
 
-import scorelab as sl  # noqa: E402
-from scorelab.sample import _per_sample_noise, sample_seed  # noqa: E402
+from . import record
+from .common import (add_output_arguments, best_time, fashion_mnist, k_diffusion_sampling, load_unet, show,
+                     unet_network)
 
 
 # ------------------------------------------------------------------------------------------------ peer runners
@@ -174,7 +173,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (min taken)")
     ap.add_argument("--overhead-reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="peers", help="result name under bench/results (default: peers)")
+    ap.add_argument("--name", default="peers", help="record name (default: peers)")
+    add_output_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -187,7 +187,7 @@ def main():
     case_list = cases(kd, diffusers_version is not None)
     steps_list = args.steps or ([10, 20] if args.quick else [5, 10, 20, 40])
 
-    train = fashion_mnist("train", args.limit)
+    train = fashion_mnist("train", args.limit, args.data_path)
     g = sl.Gaussian.fit(train, dtype=torch.float64)
     x_T = x_T_of(args.n, tuple(train.shape[1:]), torch.float64)
     gauss_rows = compare(g, x_T, steps_list, case_list, args.reps,
@@ -214,22 +214,39 @@ def main():
                 x_T32 = x_T_of(args.unet_n, tuple(net.shape_), torch.float32)
                 unet_rows = compare(net, x_T32, [10] if args.quick else [10, 20], case_list, args.reps, desc="unet")
 
-    cols = ["solver", "peer", "steps", "nfe", "max_abs_diff", "max_abs_diff_to_sigma_min", "rmse_scorelab", "rmse_peer",
-            "time_ratio"]
+    extra = describe(args.n, unet_label, args.unet_n, overhead_rows, unet_rows)
     print(f"## Gaussian (float64, n={args.n}): scorelab vs peers, RMSE vs the exact endpoint\n")
-    print(md_table(gauss_rows, cols + ["error"]))
-    print("\n## Solver overhead (free denoiser D = x/(1+σ²), 4 × 28×28 float32, 20 steps)\n")
-    print(md_table(overhead_rows, ["solver", "peer", "max_abs_diff", "us_per_step_scorelab", "us_per_step_peer",
-                                   "time_ratio", "error"]))
+    print(show(gauss_rows, extra["columns"], keys=extra["keys"]))
+    for t in extra["tables"]:
+        print(f"\n## {t['title']}\n\n" + show(t["rows"], t["columns"], keys=extra["keys"]))
+    record.write(args.name, gauss_rows, out=args.out, network=unet_network(args.unet) if unet_label else None,
+                 quick=args.quick, n=args.n, unet_n=args.unet_n, threads=args.threads, reps=args.reps,
+                 grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)",
+                 versions=dict(scorelab=sl.__version__, k_diffusion=kd.version if kd else None,
+                               diffusers=diffusers_version), **extra)
+
+
+def describe(n, unet_label, unet_n, overhead_rows, unet_rows) -> dict:
+    """Title, notes, columns and the overhead / U-Net tables of the record (shared with the conversion of older
+    results)."""
+    keys = ["solver", "peer", "steps"]
+    tables = [dict(title="Solver overhead: free denoiser D = x/(1 + σ²), 4 images 28×28, float32, 20 steps",
+                   rows=overhead_rows, keys=keys,
+                   columns=["solver", "peer", "max_abs_diff", "us_per_step_scorelab", "us_per_step_peer",
+                            "time_ratio", "error"])]
     if unet_rows:
-        print(f"\n## U-Net ({unet_label}, float32, n={args.unet_n})\n")
-        print(md_table(unet_rows, ["solver", "peer", "steps", "nfe", "max_abs_diff", "max_abs_diff_to_sigma_min",
-                                   "time_ratio", "error"]))
-    write_result(args.out, dict(
-        name="peers", quick=args.quick, n=args.n, unet_n=args.unet_n, unet=unet_label, threads=args.threads,
-        reps=args.reps, grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)",
-        versions=dict(scorelab=sl.__version__, k_diffusion=kd.version if kd else None, diffusers=diffusers_version),
-        gaussian=gauss_rows, overhead=overhead_rows, unet_rows=unet_rows), command_line())
+        tables.append(dict(title=f"U-Net ({unet_label}, float32, {unet_n} samples)", rows=unet_rows, keys=keys,
+                           columns=["solver", "peer", "steps", "nfe", "max_abs_diff", "max_abs_diff_to_sigma_min",
+                                    "time_ratio", "error"]))
+    return dict(
+        title="scorelab's ODE solvers vs k-diffusion and diffusers on the same denoiser and σ grid",
+        notes=f"Rows: the exact Gaussian fitted to Fashion-MNIST (float64, {n} samples), same x_T and Karras grid "
+              "for every library: max |scorelab − peer| over all pixels, RMSE of each endpoint against the exact "
+              "PF-ODE solution (images in [−1, 1]), and the time ratio scorelab / peer (< 1: scorelab faster). "
+              "`max_abs_diff_to_sigma_min` (in the JSON): where the peer returns NaN, the same comparison on the "
+              "grid without its final step to σ = 0.",
+        columns=["solver", "peer", "steps", "nfe", "max_abs_diff", "rmse_scorelab", "rmse_peer", "time_ratio"],
+        keys=keys, tables=tables)
 
 
 if __name__ == "__main__":

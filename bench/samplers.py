@@ -1,6 +1,6 @@
 """Samplers vs the exact probability-flow ODE: error per NFE with the Fashion-MNIST Gaussian as the denoiser.
 
-    .venv/bin/python bench/samplers.py [--quick] [--n 256]
+    python -m bench.samplers [--quick] [--n 256] [--out DIR] [--data-path DIR]
 
 With the Gaussian fitted to Fashion-MNIST as both data model and denoiser, g.trajectory gives the exact endpoint of
 every sample, so each ODE solver's error is measured exactly: RMSE (per pixel, images in [-1, 1]) at σ = 0 against
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 
 import numpy as np
@@ -21,12 +20,11 @@ import torch
 from tqdm import tqdm
 
 import scorelab as sl
-from scorelab._io import write_json
 from scorelab.sample import _per_sample_noise, sample_seed
 
-from common import RESULTS as _FOLDER  # noqa: E402
+from . import record
+from .common import add_output_arguments, fashion_mnist, show
 
-RESULTS = _FOLDER / "samplers.json"
 ODE = [("euler", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
        ("dpmpp_3m", dict(reference_coefficients=True)), ("unipc", dict(order=3, variant="bh1")),
        ("unipc", dict(order=3, variant="bh2")), ("unipc", dict(order=2, variant="bh1")),
@@ -53,14 +51,13 @@ def main():
     ap.add_argument("--n", type=int, default=256, help="samples per setting (default 256)")
     ap.add_argument("--quick", action="store_true", help="fewer step counts and samples")
     ap.add_argument("--limit", type=int, default=None, help="fit the Gaussian on the first N train images")
+    add_output_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps_list = [5, 10, 20] if args.quick else [5, 10, 18, 35, 70]
     n = 64 if args.quick else args.n
 
-    train = sl.data.load("fashion-mnist", split="train")
-    if args.limit:
-        train = train[:args.limit]
+    train = fashion_mnist("train", args.limit, args.data_path)
     g = sl.Gaussian.fit(train)
     shape = g.shape_
     x_T = x_T_of(n, shape)
@@ -126,44 +123,28 @@ def main():
             rel = (z.var(0) / lam - 1).abs().mean()
             sto_rows.append(dict(solver=label(name, opts), steps=steps, nfe=r.nfe, var_rel_err=float(rel)))
 
-    out = dict(data="fashion-mnist", n=n, n_stochastic=n_sto, steps=steps_list, orders=order_rows, ode=ode_rows,
-               teleport=tele_rows, stochastic=sto_rows, sampling_floor=math.sqrt(2 / n_sto),
-               torch=torch.__version__, machine=platform.machine(), threads=1)
-    write_json(RESULTS, out)
+    record.write("samplers", ode_rows, out=args.out, keys=["solver", "steps"], **tables_of(
+        order_rows, tele_rows, sto_rows, n, n_sto), data="fashion-mnist", n=n, n_stochastic=n_sto, steps=steps_list,
+        sampling_floor=math.sqrt(2 / n_sto))
+    print(show(ode_rows, keys=["solver", "steps"]))
+    for t in tables_of(order_rows, tele_rows, sto_rows, n, n_sto)["tables"]:
+        print(f"\n### {t['title']}\n\n" + show(t["rows"], keys=t["keys"]))
 
-    print("\n### Measured convergence order (slope of log error vs log NFE, random Gaussian d = 24, "
-          "error at σ_min of Karras grids with 24…192 steps)\n")
-    print("| solver | order | relative error at 24 / 192 steps |")
-    print("|---|---|---|")
-    for r in order_rows:
-        print(f"| {r['solver']} | {r['order']:.2f} | {r['rel_err'][0]:.1e} / {r['rel_err'][-1]:.1e} |")
 
-    print(f"\n### ODE solvers: RMSE at σ = 0 vs the exact PF-ODE endpoint (Fashion-MNIST Gaussian, {n} samples)\n")
-    names = list(dict.fromkeys(r["solver"] for r in ode_rows))
-    print("| solver | " + " | ".join(f"{s} steps" for s in steps_list) + " |")
-    print("|---|" + "---|" * len(steps_list))
-    for name in names:
-        cells = [f"{r['rmse']:.2e} (NFE {r['nfe']})" for r in ode_rows if r["solver"] == name]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-
-    print("\n### Teleportation: RMSE at σ = 0, full run vs jump over 30% / 50% of the steps (plain | warm history)\n")
-    print("| solver | steps | full (NFE) | skip 0.3 plain | skip 0.3 warm | skip 0.5 plain | skip 0.5 warm |")
-    print("|---|---|---|---|---|---|---|")
-    for r in tele_rows:
-        def cell(skip, kind):
-            v = r.get(f"skip{skip}_{kind}_rmse")
-            return "–" if v is None else f"{v:.2e}" + (f" (NFE {r[f'skip{skip}_nfe']})" if kind == "plain" else "")
-        print(f"| {r['solver']} | {r['steps']} | {r['full_rmse']:.2e} ({r['full_nfe']}) | {cell(0.3, 'plain')} | "
-              f"{cell(0.3, 'warm')} | {cell(0.5, 'plain')} | {cell(0.5, 'warm')} |")
-
-    print(f"\n### Stochastic samplers: mean |var/λ − 1| over the top-16 eigen-directions ({n_sto} samples, "
-          f"sampling floor ≈ {math.sqrt(2 / n_sto):.3f})\n")
-    names = list(dict.fromkeys(r["solver"] for r in sto_rows))
-    print("| solver | " + " | ".join(f"{s} steps" for s in steps_list) + " |")
-    print("|---|" + "---|" * len(steps_list))
-    for name in names:
-        cells = [f"{r['var_rel_err']:.3f} (NFE {r['nfe']})" for r in sto_rows if r["solver"] == name]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+def tables_of(order_rows, tele_rows, sto_rows, n, n_sto) -> dict:
+    """The record's title, notes and further tables (shared with the conversion of older results)."""
+    return dict(
+        title="Samplers vs the exact probability-flow ODE (Fashion-MNIST Gaussian as the denoiser)",
+        notes=f"Rows: RMSE per pixel at σ = 0 against the exact PF-ODE endpoint `g.trajectory`, {n} samples, Karras "
+              "grids (σ 0.002 … 80, ρ = 7), float64. Teleportation: full run vs a jump over 30% / 50% of the steps, "
+              f"plain restart or warm history. Stochastic samplers ({n_sto} samples): mean |var/λ − 1| over the "
+              f"top-16 eigen-directions (sampling floor ≈ {math.sqrt(2 / n_sto):.3f}).",
+        tables=[dict(title="Measured convergence order (random Gaussian, d = 24, error at σ_min, 24…192 steps)",
+                     rows=order_rows, keys=["solver"]),
+                dict(title="Teleportation: RMSE at σ = 0, full run vs skip 0.3 / 0.5 (plain | warm history)",
+                     rows=tele_rows, keys=["solver", "steps"]),
+                dict(title="Stochastic samplers: mean |var/λ − 1| over the top-16 eigen-directions",
+                     rows=sto_rows, keys=["solver", "steps"])])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Teleportation on the Fashion-MNIST U-Net: skip the first part of the trajectory with the Gaussian's exact jump
 (Wang & Vastola 2024, "The unreasonable effectiveness of Gaussian score approximations") and measure what it costs.
 
-    .venv/bin/python bench/teleport.py                      # 5,000 samples, Inception FID, bootstrap intervals
-    .venv/bin/python bench/teleport.py --quick              # 256 samples, no FID: proxy only (see below)
-    .venv/bin/python bench/teleport.py --features pixels    # Fréchet distance on raw pixels instead of Inception
-    .venv/bin/python bench/teleport.py --features classifier  # ... in the shipped Fashion-MNIST classifier's features
+    python -m bench.teleport                      # 5,000 samples, Inception FID, bootstrap intervals
+    python -m bench.teleport --quick              # 256 samples, no FID: proxy only (see below)
+    python -m bench.teleport --features pixels    # Fréchet distance on raw pixels instead of Inception
+    python -m bench.teleport --features classifier  # ... in the shipped Fashion-MNIST classifier's features
 
 For each solver/step count (Heun 18, 35; DPM++2M 10, 20; UniPC 10, 20 on Karras grids, σ 0.002 … 80) and each
 skip ∈ {0, 0.1, …, 0.5, auto} (fraction of steps replaced by `sl.teleport`; `auto` = `diagnostics.suggest_skip`
@@ -17,34 +17,32 @@ every run) are sampled with `sl.sample(net, teleport=g, skip=...)`; the multiste
     unskipped run from the same seeds. It is a distance between sample sets, NOT a quality measure: a skipped run
     can differ from the unskipped one and be as good.
 Goal (issue 7): ≥ 30% of NFE skipped with FID within +2% of the unskipped run, for every solver.
-Writes bench/results/teleport.json (+ teleport.png, metric vs NFE) and prints markdown tables. One CPU thread.
-`--update` merges into the existing file (the rows run now — solver, steps, skip, warm history — are replaced, the
+Writes the result record teleport.json (+ teleport.png, metric vs NFE; bench/results by default, --out DIR,
+--name NAME) and prints its tables. One CPU thread.
+`--update` merges into the existing record (the rows run now — solver, steps, skip, warm history — are replaced, the
 others kept), so the sweep can be run a few rows at a time, on several processes or sessions; each solver's
-unskipped run is cached on disk (~/.cache/scorelab/teleport), so only the first pass pays for it:
+unskipped run is cached on disk (the scorelab cache's teleport/ folder), so only the first pass pays for it:
 
-    .venv/bin/python bench/teleport.py --features classifier --configs unipc:10 --update --compile
+    python -m bench.teleport --features classifier --configs unipc:10 --update --compile
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, command_line, fashion_mnist, load_unet, md_table, teleport_row_order,  # noqa: E402
-                    unet_path, write_result)
+import scorelab as sl
+from scorelab._io import atomic_path
 
-import scorelab as sl  # noqa: E402
-from scorelab._io import atomic_path  # noqa: E402
+from . import record
+from .common import add_output_arguments, fashion_mnist, load_unet, show, teleport_row_order, unet_network
 
 CONFIGS = "heun:18,heun:35,dpmpp_2m:10,dpmpp_2m:20,unipc:10,unipc:20"
 SKIPS = "0,0.1,0.2,0.3,0.4,0.5,auto"
-MULTISTEP = {"dpmpp_2m", "dpmpp_3m", "unipc"}
 
 
 def parse_configs(text: str) -> list[tuple[str, int]]:
@@ -80,7 +78,10 @@ def parse_headline(text: str) -> set:
 
 _INCEPTION: dict = {}
 # Settings that must agree for runs to share one table (paired seeds, the same network and reference).
-SHARED = ("n", "features", "seed", "unet_sha256", "threshold", "grid", "quick")
+SHARED = ("n", "features", "seed", "threshold", "grid", "quick")
+# The record's default columns (the rest stay in the JSON) and the columns that name a row.
+COLUMNS = ["solver", "steps", "skip", "warm_history", "nfe", "fid", "fid_diff_low", "fid_diff_high"]
+KEYS = ["solver", "steps", "skip", "warm_history"]
 
 
 def row_key(r: dict) -> tuple:
@@ -102,15 +103,17 @@ def merge(old: dict, new: dict) -> dict:
     """`new` plus the rows of `old` that were not run now (a row is a solver, steps, skip and warm_history; the
     unskipped run of a solver is always rerun, and its images, from the same seeds, are the same);
     ValueError naming a differing setting."""
-    for key in SHARED:
-        if old.get(key) != new.get(key):
-            raise ValueError(f"--update: setting {key!r} differs from the existing results ({old.get(key)!r} vs "
-                             f"{new.get(key)!r}); rerun those solvers or write elsewhere (--out)")
+    sha = lambda d: (d.get("network") or {}).get("sha256")  # noqa: E731
+    for key, a, b in [(k, old.get(k), new.get(k)) for k in SHARED] + [("network", sha(old), sha(new))]:
+        if a != b:
+            raise ValueError(f"--update: setting {key!r} differs from the existing results ({a!r} vs {b!r}); "
+                             "rerun those solvers or write elsewhere (--out, --name)")
     done = {row_key(r) for r in new["rows"]}
     kept = [r for r in old["rows"] if row_key(r) not in done]
     carry_inception(old["rows"], new["rows"])
     commands = old.get("commands") or [old.get("command")]
-    return {**new, "rows": sorted(kept + new["rows"], key=teleport_row_order), "commands": commands + [command_line()],
+    return {**new, "rows": sorted(kept + new["rows"], key=teleport_row_order),
+            "commands": commands + [new.get("command") or record.command_line()],
             "total_seconds": round(old.get("total_seconds", 0) + new["total_seconds"], 1)}
 
 
@@ -132,7 +135,7 @@ def inception_row(row: dict, images, base_images, ref) -> None:
 
 
 def cached_base_run(run, key: dict):
-    """The unskipped run of a solver (images, NFE, seconds) from ~/.cache/scorelab/teleport when an earlier run had
+    """The unskipped run of a solver (images, NFE, seconds) from the cache's teleport/ folder when an earlier run had
     the same `key` (network sha256, solver, steps, n, seed, batch size, compile, torch version), else `run()`,
     stored atomically (`scorelab._io.atomic_path`). Every `--update` pass needs the unskipped run for its paired
     differences; this makes it free after the first time."""
@@ -141,7 +144,7 @@ def cached_base_run(run, key: dict):
 
     key = {**key, "torch": str(torch.__version__)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path.home() / ".cache" / "scorelab" / "teleport" / f"base-{digest}.pt"
+    path = record.cache_dir("teleport") / f"base-{digest}.pt"
     if path.exists():
         saved = torch.load(path)
         if saved["key"] == key:
@@ -216,8 +219,6 @@ def plot(rows, metric, path: Path, label: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    from scorelab._io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
@@ -239,9 +240,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--unet", default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="teleport")
+    ap.add_argument("--name", default="teleport", help="record name: OUT/NAME.json and OUT/NAME.png (default %(default)s)")
+    add_output_arguments(ap)
     ap.add_argument("--update", action="store_true",
-                    help="merge into bench/results/OUT.json: replace the rows run now (solver, steps, skip, warm), keep the others")
+                    help="merge into OUT/NAME.json: replace the rows run now (solver, steps, skip, warm), keep the others")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the U-Net's raw network (about 1.3x faster on this CPU after a minute of compiling; "
                          "outputs equal to float32 rounding); use a --batch-size that divides --n")
@@ -256,14 +258,15 @@ def main():
     configs, skips = parse_configs(args.configs), parse_skips(args.skips)
 
     net, unet_label = load_unet(args.unet)
-    unet_sha = sl.nets.model_sha256(unet_path(args.unet)[0])
+    network = unet_network(args.unet)
+    unet_sha = network["sha256"]
     if args.compile:
         # the raw network, where σ enters as a tensor (c_noise), not a float: one graph serves every σ
         net.net = torch.compile(net.net, dynamic=False)
         with torch.no_grad():  # compile now, so that no run's wall time includes it
             sl.sample(net, n=args.batch_size, sigmas=sl.schedules.karras(2), solver="heun",
                       batch_size=args.batch_size, progress=False)
-    train, test = fashion_mnist("train"), fashion_mnist("test")
+    train, test = fashion_mnist("train", None, args.data_path), fashion_mnist("test", None, args.data_path)
     g = sl.Gaussian.fit(train)
     skip_data = test[-args.skip_data:]
     ref_feats = ref_stats = None
@@ -286,7 +289,7 @@ def main():
         sigmas = sl.schedules.karras(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0)
         auto = sl.diagnostics.suggest_skip(net, g, skip_data, sigmas, threshold=args.threshold, progress=False)
         runs = [(s, False) for s in skips]
-        if solver in MULTISTEP and not args.no_warm:
+        if sl.samplers.traits(solver).multistep and not args.no_warm:
             runs += [(s, True) for s in skips if s != 0]
         base_images = base_feats = None
         for skip, warm in runs:
@@ -327,28 +330,43 @@ def main():
     has_fid = features != "none"
     metric_name = {"inception": "FID (Inception)", "pixels": "FD on raw pixels",
                    "classifier": "FD in Fashion-MNIST classifier features", "none": None}[features]
-    cols = ["solver", "steps", "skip", "warm_history", "sigma_skip", "nfe", "nfe_saved", "seconds", "proxy_rms"]
-    if has_fid:
-        cols += ["fid", "fid_diff", "fid_diff_low", "fid_diff_high"]
-    if headline:
-        cols += ["inception_fid", "inception_fid_diff", "inception_fid_diff_low", "inception_fid_diff_high"]
-    png = RESULTS / f"{args.out}.png"
+    out = record.results_dir(args.out)
+    png = out / f"{args.name}.png"
     result = dict(
-        name="teleport", quick=args.quick, n=n, features=features, metric=metric_name, n_boot=args.n_boot,
-        unet=unet_label, unet_sha256=unet_sha, threads=args.threads, seed=args.seed, threshold=args.threshold,
-        grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)", total_seconds=round(time.perf_counter() - t_all, 1),
-        plot=os.path.relpath(png, RESULTS.parent.parent), rows=rows)
-    existing = RESULTS / f"{args.out}.json"
+        quick=args.quick, n=n, features=features, metric=metric_name, n_boot=args.n_boot, threads=args.threads,
+        seed=args.seed, threshold=args.threshold, grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)",
+        total_seconds=round(time.perf_counter() - t_all, 1), plots=[png.name], rows=rows, network=network,
+        command=record.command_line())
+    existing = out / f"{args.name}.json"
     if args.update and existing.exists():
-        result = merge(json.loads(existing.read_text()), result)
-    rows = result["rows"]
-    result["verdicts"] = verdict = verdicts(rows, has_fid)
+        result = merge(record.read(existing), result)
+    result.pop("verdicts", None)
+    rows = result.pop("rows")
+    verdict = verdicts(rows, has_fid)
     print(f"## Teleportation on the U-Net ({unet_label}), n = {n}, features: {features}\n")
-    print(md_table(rows, cols))
-    print("\n" + md_table(verdict, list(verdict[0].keys())))
+    print(show(rows, COLUMNS, keys=KEYS))
+    print("\n" + show(verdict))
     plot(rows, "fid" if has_fid else "proxy_rms", png,
          metric_name if has_fid else "proxy: RMS distance to the unskipped run (not FID)")
-    write_result(args.out, result, command_line())
+    keep = {k: v for k, v in result.items() if k not in ("name", "title", "columns", "keys", "tables", "notes")
+            and k not in record.REQUIRED}
+    record.write(args.name, rows, out=out, **describe(has_fid, metric_name, verdict), **keep)
+
+
+def describe(has_fid: bool, metric: str | None, verdict: list[dict]) -> dict:
+    """The record's title, columns, notes and verdict table."""
+    columns = COLUMNS if has_fid else KEYS + ["nfe", "nfe_saved", "seconds", "proxy_rms"]
+    return dict(
+        title="Teleportation on the Fashion-MNIST U-Net: NFE saved vs FID",
+        columns=columns, keys=KEYS,
+        notes=("Each solver's runs use the same seeds (paired). `fid`: Fréchet distance to the test split "
+               f"({metric}); `fid_diff_low`/`fid_diff_high`: paired bootstrap 95% interval of FID(skip) − FID(no "
+               "skip) (an interval containing 0 is no measurable difference). Further columns (proxy RMS, σ_skip, "
+               "wall time, Inception FID of headline runs) are in the JSON." if has_fid else
+               "No FID in this run: `proxy_rms` is the RMS pixel distance of each skipped run to the unskipped run "
+               "from the same seeds — how much the samples move, not whether they got worse."),
+        tables=[dict(title="Verdict per solver: the largest NFE saving with FID within +2% (goal ≥ 30%)",
+                     rows=verdict, keys=["solver", "steps"])])
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
 """Training throughput (images/s) of each architecture on this machine: one EDM training step (forward, EDM loss,
 backward, gradient clipping, Adam, EMA) timed over a few steps after two warm-up steps.
 
-    python bench/train.py [--threads 1] [--steps 20] [--batch-size 64]
+    python -m bench.train [--threads 1] [--steps 20] [--batch-size 64] [--out DIR] [--data-path DIR]
 
 Also times diffusers' `UNet2DModel` at the size of `unet-small` (channels 32/64/64, one block per level,
-attention at 7×7) in the same EDM wrapper when diffusers is installed. Prints a markdown table and writes
-bench/results/train.json. Data: Fashion-MNIST 28×28 for the U-Nets, 2-D two-moons for the MLPs."""
+attention at 7×7) in the same EDM wrapper when diffusers is installed. Prints a markdown table and writes the
+result record train.json (bench/results by default). Data: Fashion-MNIST 28×28 for the U-Nets, 2-D two-moons for the MLPs."""
 from __future__ import annotations
 
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 
@@ -20,11 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 import scorelab as sl
-from scorelab._io import write_json
 from scorelab.nets import ARCHS, arch_config, build
 from scorelab.nets.precond import EDMPrecond, edm_loss_weight
 
-from common import RESULTS  # noqa: E402  (bench/ is on sys.path when a script runs)
+from . import record
+from .common import add_output_arguments, fashion_mnist, show
 
 
 class DiffusersNet(nn.Module):
@@ -72,11 +71,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps per architecture")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--archs", nargs="*", default=list(ARCHS) + ["diffusers-unet-small"])
-    p.add_argument("--out", default=str(RESULTS / "train.json"))
+    add_output_arguments(p)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    images = sl.data.load("fashion-mnist", split="train", limit=4096)
+    images = fashion_mnist("train", 4096, a.data_path)
     moons = sl.data.load("two-moons", n=4096)
     rows = []
     for arch in tqdm(a.archs, desc="archs"):
@@ -94,14 +93,16 @@ def main(argv=None):
         rows.append({"arch": arch, "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch_size,
                      "steps": a.steps, "img_per_s": round(img_s, 1), "shape": list(data.shape[1:])})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    write_json(a.out, {"threads": a.threads, "cores": os.cpu_count(), "load_avg_1min": load,
-                       "torch": torch.__version__, "machine": platform.machine(), "rows": rows})
-    print(f"| arch | params | data | batch | img/s ({a.threads} thread{'s' if a.threads > 1 else ''}) |")
-    print("|---|---:|---|---:|---:|")
-    for r in rows:
-        print(f"| {r['arch']} | {r['params'] / 1e6:.2f} M | {'×'.join(map(str, r['shape']))} | {r['batch_size']} "
-              f"| {r['img_per_s']:.0f} |")
-    print(f"\n{os.cpu_count()} cores, load average {load:.1f} during the run (other jobs share the cores).")
+    record.write("train", rows, out=a.out, keys=["arch"], load_avg_1min_at_end=load, **describe(a.threads))
+    print(show(rows, keys=["arch"]))
+    print(f"\n{os.cpu_count()} cores, load average {load:.1f} at the end of the run (other jobs share the cores).")
+
+
+def describe(threads: int) -> dict:
+    return dict(title="Training throughput per architecture (one EDM training step)",
+                notes=f"Images per second of one full EDM training step (forward, loss, backward, clipping, Adam, "
+                      f"EMA) after two warm-up steps, {threads} torch thread(s); Fashion-MNIST 28×28 for the "
+                      "U-Nets and conv nets, 2-D two-moons for the MLPs.")
 
 
 if __name__ == "__main__":

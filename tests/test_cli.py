@@ -69,11 +69,11 @@ def test_fit_then_sample_round_trip(tmp_path):
 
 
 def test_bench_runs_the_checkout_plan():
-    """`scorelab bench` finds this checkout's bench/ and passes the options to run_all.py (dry run: plan only)."""
+    """`scorelab bench` finds this checkout's bench/ and passes the options to bench.run_all (dry run: plan only)."""
     out = run("bench", "--quick", "--only", "gaussian,samplers", "--dry-run")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["gaussian", "samplers"]
-    assert "bench/gaussian.py --limit 10000" in lines[0]
+    assert "python -m bench.gaussian --limit 10000" in lines[0]
     bad = run("bench", "--only", "nope", "--dry-run")
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,9 +1,9 @@
 """`scorelab bench [--quick] [--only NAMES] [--skip NAMES]`: run the benchmarks of a source checkout's bench/.
 
-The benchmarks are scripts next to the package, not part of it (they need the repository's models and write
-bench/results/*.json and the README's results section), so this command finds the checkout's bench/ folder
-(`--dir`, else $SCORELAB_BENCH, else the folder beside an editable install's src/, else ./bench) and runs its
-bench/run_all.py with the same interpreter."""
+The benchmarks are a package next to the library, not part of it (they need the repository's models and write
+bench/results/*.json), so this command finds the checkout's bench/ folder (`--dir`, else $SCORELAB_BENCH, else the
+folder beside an editable install's src/, else ./bench) and runs `python -m bench.run_all` from the checkout's root
+with the same interpreter."""
 from __future__ import annotations
 
 import os
@@ -33,8 +33,8 @@ def bench_dir(explicit: str | None = None) -> Path:
 
 def _run(args) -> int:
     folder = bench_dir(args.dir)
-    argv = [sys.executable, str(folder / RUNNER)]
-    argv += ["--quick"] * args.quick + ["--dry-run"] * args.dry_run + ["--no-readme"] * args.no_readme
+    argv = [sys.executable, "-m", "bench.run_all"]
+    argv += ["--quick"] * args.quick + ["--dry-run"] * args.dry_run
     if args.only:
         argv += ["--only", args.only]
     if args.skip:
@@ -45,15 +45,14 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="run the benchmarks (bench/run_all.py of the source checkout)",
-                       description="Run the benchmark scripts one after the other (one CPU thread each), write "
-                                   "bench/results/*.json and regenerate the README's results section. The full set "
-                                   "takes hours (5k-sample FIDs); --quick is the small set.")
+    p = sub.add_parser("bench", help="run the benchmarks (python -m bench.run_all in the source checkout)",
+                       description="Run the benchmark scripts one after the other (one CPU thread each); each writes "
+                                   "its result record bench/results/NAME.json. The full set takes hours (5k-sample "
+                                   "FIDs); --quick is the small set.")
     p.add_argument("--quick", action="store_true", help="small sizes; slow scripts left out")
     p.add_argument("--only", default=None, metavar="NAMES", help="comma-separated benchmark names to run")
     p.add_argument("--skip", default="", metavar="NAMES", help="comma-separated benchmark names to leave out")
     p.add_argument("--dry-run", action="store_true", help="print the plan (names and commands) and exit")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds per script (default: none)")
-    p.add_argument("--no-readme", action="store_true", help="do not regenerate the README's results section")
     p.add_argument("--dir", default=None, metavar="PATH", help="the checkout's bench/ folder (default: found)")
     p.set_defaults(func=_run)
