@@ -34,3 +34,27 @@ def test_unusable_device_is_one_line(capsys, gaussian_file, tmp_path, device):
     assert line.startswith("scorelab sample: error: --device") and repr(device) in line
     assert "available: cpu" in line
     assert not (tmp_path / "s.png").exists()
+
+
+# 3. --steps 1000000000: an 8 GB allocation, then the OOM killer. 4. --steps 0 said "n must be >= 1".
+@pytest.mark.parametrize("name", ["karras", "exponential", "logsnr_uniform", "vp_linear", "vp_cosine"])
+@pytest.mark.parametrize("n", [100_001, 1_000_000_000])
+def test_schedule_length_is_bounded(name, n):
+    from scorelab import schedules
+
+    assert schedules.MAX_STEPS == 100_000
+    with pytest.raises(ValueError, match=rf"^n must be <= MAX_STEPS = 100000 .*; got {n}$"):
+        schedules.get(name, n)
+    assert len(schedules.get(name, schedules.MAX_STEPS)) == schedules.MAX_STEPS + 1   # the maximum itself is fine
+
+
+@pytest.mark.parametrize("steps", [0, -3, 1_000_000_000])
+@pytest.mark.parametrize("command", [["sample", "--model", "{g}", "--n", "2", "--no-progress", "--out", "{tmp}/s.png"],
+                                     ["diagnose", "explained", "--reference", "{g}", "--model", "{g}",
+                                      "--data", "digits"],
+                                     ["report", "--model", "{g}", "--data", "digits", "--out", "{tmp}/r.html"]])
+def test_bad_steps_names_steps(capsys, gaussian_file, tmp_path, command, steps):
+    argv = [a.format(g=gaussian_file, tmp=tmp_path) for a in command]
+    line = cli_error(capsys, *argv, "--steps", steps)
+    assert f"error: --steps must be an integer in [1, 100000]; got {steps}" in line
+    assert not list(tmp_path.iterdir())

@@ -1,7 +1,8 @@
 """Noise schedules: 1-D float tensors of σ, strictly decreasing, ending in exactly 0.
 
-Every builder takes `n` (number of steps; the grid has n + 1 entries), `device=` and `dtype=` (float64 by
-default: step coefficients are computed in float64 and cast at use).
+Every builder takes `n` (number of steps; the grid has n + 1 entries; 1 <= n <= MAX_STEPS = 100,000, checked
+before anything is allocated), `device=` and `dtype=` (float64 by default: step coefficients are computed in
+float64 and cast at use).
 """
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ import torch
 
 from ._checks import check_positive_int, check_sigmas
 
-__all__ = ["karras", "exponential", "logsnr_uniform", "vp_linear", "vp_cosine", "append_zero", "get", "NAMES"]
+__all__ = ["karras", "exponential", "logsnr_uniform", "vp_linear", "vp_cosine", "append_zero", "get", "NAMES",
+           "MAX_STEPS"]
+
+# Longest grid a builder makes: far beyond any sampler's use (EDM converges by a few hundred steps), small enough
+# that a typo such as n=1_000_000_000 fails at once instead of allocating gigabytes.
+MAX_STEPS = 100_000
+
+
+def _check_steps(n) -> int:
+    n = check_positive_int(n, name="n")
+    if n > MAX_STEPS:
+        raise ValueError(f"n must be <= MAX_STEPS = {MAX_STEPS} (the number of steps of the grid); got {n}")
+    return n
 
 
 def _check_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
@@ -34,7 +47,7 @@ def _finish(sigmas: torch.Tensor, device, dtype) -> torch.Tensor:
 def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
            device=None, dtype=torch.float64) -> torch.Tensor:
     """EDM schedule (Karras et al. 2022, eq. 5): σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, then 0."""
-    n = check_positive_int(n, name="n")
+    n = _check_steps(n)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     if not (rho > 0):
         raise ValueError(f"rho must be > 0; got {rho}")
@@ -46,7 +59,7 @@ def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float
 def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, device=None,
                 dtype=torch.float64) -> torch.Tensor:
     """Log-uniform σ: σ_i = exp(log σ_max + i/(n−1)·(log σ_min − log σ_max)), then 0."""
-    n = check_positive_int(n, name="n")
+    n = _check_steps(n)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     return _finish(torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))), device, dtype)
@@ -62,7 +75,7 @@ def vp_linear(n: int, beta_min: float = 0.1, beta_d: float = 19.9, eps_s: float 
               dtype=torch.float64) -> torch.Tensor:
     """VP-SDE linear-β schedule (Song et al. 2021) uniform in t ∈ [1, ε_s]:
     σ(t) = sqrt(exp(β_d t²/2 + β_min t) − 1), then 0."""
-    n = check_positive_int(n, name="n")
+    n = _check_steps(n)
     if not (beta_min >= 0 and beta_d > 0 and 0 < eps_s < 1):
         raise ValueError(f"need beta_min >= 0, beta_d > 0, 0 < eps_s < 1; got {beta_min}, {beta_d}, {eps_s}")
     t = torch.linspace(1, eps_s, n, dtype=torch.float64) if n > 1 else torch.ones(1, dtype=torch.float64)
@@ -73,7 +86,7 @@ def vp_cosine(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, s: floa
               dtype=torch.float64) -> torch.Tensor:
     """Cosine schedule (Nichol & Dhariwal 2021), uniform in t between t(σ_max) and t(σ_min):
     ᾱ(t) = cos²((t+s)/(1+s)·π/2) / cos²(s/(1+s)·π/2), σ = sqrt((1 − ᾱ)/ᾱ), then 0."""
-    n = check_positive_int(n, name="n")
+    n = _check_steps(n)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     if not s > 0:
         raise ValueError(f"s must be > 0; got {s}")

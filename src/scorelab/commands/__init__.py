@@ -36,6 +36,15 @@ def check_device(name: str, *, option: str = "--device") -> str:
     raise ValueError(f"{option} {name!r} is not a device this machine can use (available: {', '.join(available)})")
 
 
+def check_steps(value: int, *, option: str = "--steps") -> int:
+    """A grid's number of steps, 1 ..= schedules.MAX_STEPS, checked before a grid is built (errors name `option`)."""
+    from ..schedules import MAX_STEPS
+
+    if not 1 <= value <= MAX_STEPS:
+        raise ValueError(f"{option} must be an integer in [1, {MAX_STEPS}]; got {value}")
+    return value
+
+
 def add_data_args(p, *, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="NAME|PATH",
                    help="data set name (see `scorelab data list`) or a path (.npy/.npz/folder of images)")

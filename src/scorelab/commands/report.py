@@ -6,7 +6,9 @@ import json
 
 def _run(args) -> int:
     from ..report import build_report
+    from . import check_steps
 
+    check_steps(args.steps)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     result = build_report(args.model, args.data, args.out, n_fit=args.n_fit, n_eval=args.n_eval, steps=args.steps,
                           solver=args.solver, n_samples=args.n_samples, fid_samples=args.fid_samples,
@@ -51,6 +53,7 @@ def register(sub) -> None:
 
 def _grid(args):
     from .. import schedules
+    from . import check_steps
 
     if args.sigmas:
         try:
@@ -58,7 +61,7 @@ def _grid(args):
         except ValueError:
             raise ValueError(f"--sigmas must be comma-separated numbers; got {args.sigmas!r}") from None
         return levels
-    return schedules.karras(args.steps, sigma_max=args.sigma_max)
+    return schedules.karras(check_steps(args.steps), sigma_max=args.sigma_max)
 
 
 def _common(p, *, reference_help: str) -> None:
@@ -91,6 +94,7 @@ def _run_explained(args) -> int:
     from ..diagnostics import explained_variance
     from ..report import load_denoiser, save_line_plot
 
+    grid = _grid(args)
     log = []
     ref = load_denoiser(args.reference, device=args.device)
     models = {p: load_denoiser(p, device=args.device) for p in args.model or []}
@@ -98,7 +102,7 @@ def _run_explained(args) -> int:
     if not models:
         raise ValueError("give at least one --model PATH or --fit NAMES")
     held = data_mod.resolve(args.data, split=args.split, limit=args.limit)
-    table = explained_variance(models, ref, held, _grid(args), n=args.n)
+    table = explained_variance(models, ref, held, grid, n=args.n)
     print(table.to_markdown())
     for line in log:
         print(line)
@@ -134,6 +138,7 @@ def _run_suggest_skip(args) -> int:
     from ..diagnostics import suggest_skip
     from ..report import load_denoiser
 
+    grid = _grid(args)
     ref = load_denoiser(args.reference, device=args.device)
     if args.gaussian:
         gauss = load_denoiser(args.gaussian, device=args.device)
@@ -143,7 +148,6 @@ def _run_suggest_skip(args) -> int:
         if gauss is None:
             raise ValueError("could not fit a Gaussian: " + "; ".join(log))
     held = data_mod.resolve(args.data, split=args.split, limit=args.limit)
-    grid = _grid(args)
     res = suggest_skip(ref, gauss, held, grid, threshold=args.threshold, space=args.space, n=args.n)
     n_steps = len(grid) - 1
     out = {"sigma_skip": res.sigma_skip, "skip_index": res.skip_index, "steps": n_steps,

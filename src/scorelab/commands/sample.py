@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import add_device_args, torch_dtype
+from . import add_device_args, check_steps, torch_dtype
 
 
 def register(sub) -> None:
@@ -108,6 +108,7 @@ def _run(args) -> int:
     from ..sample import sample
 
     dtype = torch_dtype(args.dtype)
+    check_steps(args.steps)
     model = load_denoiser(args.model, device=args.device)
     shape = getattr(model, "shape_", None)
     if args.shape:
