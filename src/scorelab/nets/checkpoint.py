@@ -67,14 +67,28 @@ def load_checkpoint(tensors: dict, model, ema, opt: torch.optim.Optimizer) -> No
 
 def read_init(init, model_cfg: dict) -> tuple[dict, dict]:
     """Weights of the saved model `init` (directory or .safetensors) and the provenance record of the warm start;
-    ValueError naming the config field when the saved model is not this run's architecture."""
-    from . import KIND, model_file, model_sha256
+    ValueError naming the config field when the saved model is not this run's architecture.
+
+    An unconditional model (n_classes 0) may warm-start a conditional run of the same architecture: the class
+    embedding it lacks (every `embed.label.weight`, n_classes + 1 rows) starts at zero, so the conditional net
+    equals the unconditional one for every label until trained; all other weights must match exactly."""
+    from . import KIND, build, model_file, model_sha256
 
     path = model_file(init, name="init")
     tensors, _, saved = load_state(path, kind=KIND)
     src = saved["model"]
+    widen = int(src.get("n_classes", 0)) == 0 and int(model_cfg.get("n_classes", 0)) > 0
     for key in sorted(set(src) | set(model_cfg)):
-        if src.get(key) != model_cfg.get(key):
+        if src.get(key) != model_cfg.get(key) and not (widen and key == "n_classes"):
             raise ValueError(f"init model's config field {key!r} is {src.get(key)!r}; this run's is "
                              f"{model_cfg.get(key)!r} (same arch, net options, data shape and sigma_data needed)")
-    return tensors, {"path": str(init), "sha256": model_sha256(path), "training": saved.get("training")}
+    record = {"path": str(init), "sha256": model_sha256(path), "training": saved.get("training")}
+    if widen:
+        target = build(model_cfg).state_dict()
+        new = sorted(k for k in target if k not in tensors)
+        if not new or any(not k.endswith("embed.label.weight") for k in new):
+            raise ValueError(f"init model cannot be widened to n_classes={model_cfg['n_classes']}: weights "
+                             f"{new} are missing (only the class embedding may be)")
+        tensors = {**tensors, **{k: torch.zeros_like(target[k]) for k in new}}
+        record["zero_init"] = new
+    return tensors, record
