@@ -86,3 +86,64 @@ def test_bad_labels_are_named(labelled):
         g(x[:2], 1.0, class_labels=torch.tensor([0.5, 1.0]))
     with pytest.raises(ValueError, match="fitted without labels"):
         sl.Gaussian.fit(x)(x[:2], 1.0, class_labels=1)
+
+
+def _noisy(x, n=24, sigma=0.8, seed=2):
+    return x[:n] + sigma * torch.randn(n, *x.shape[1:], generator=torch.Generator().manual_seed(seed),
+                                       dtype=x.dtype)
+
+
+def test_conditional_empirical_is_empirical_on_the_class_subset(labelled):
+    x, y = labelled
+    emp = sl.Empirical(x, labels=y)
+    x_t, labels = _noisy(x), torch.arange(24) % 10
+    sigma = torch.linspace(0.05, 3.0, 24, dtype=torch.float64)
+    out = emp(x_t, sigma, class_labels=labels)
+    for c in range(10):
+        rows = labels == c
+        torch.testing.assert_close(out[rows], sl.Empirical(x[y == c])(x_t[rows], sigma[rows]), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(emp(x_t, 0.5), sl.Empirical(x)(x_t, 0.5), rtol=1e-9, atol=1e-9)
+
+
+def test_conditional_knn_is_knn_on_the_class_subset(labelled, tmp_path):
+    x, y = labelled
+    knn = sl.KNN(x, k=8, n_random=0, index="torch", labels=y)
+    x_t, labels = _noisy(x), torch.arange(24) % 10
+    out = knn(x_t, 0.6, class_labels=labels)
+    for c in range(10):
+        rows = labels == c
+        torch.testing.assert_close(out[rows], sl.KNN(x[y == c], k=8, n_random=0, index="torch")(x_t[rows], 0.6))
+    torch.testing.assert_close(knn(x_t, 0.6), sl.KNN(x, k=8, n_random=0, index="torch")(x_t, 0.6))
+    knn.save(tmp_path / "k.safetensors")
+    torch.testing.assert_close(sl.KNN.load(tmp_path / "k.safetensors")(x_t, 0.6, class_labels=labels), out)
+    with pytest.raises(ValueError, match="k must be <= the size of every class"):
+        sl.KNN(x[:40], k=8, labels=torch.arange(40) % 10)
+
+
+def test_conditional_gmm_is_the_per_class_fit(labelled, tmp_path):
+    x, y = labelled
+    opts = dict(n_components=2, covariance="diag", max_iter=20, seed=0)
+    gmm = sl.GMM.fit(x, labels=y, **opts)
+    x_t, labels = _noisy(x), torch.arange(24) % 10
+    out = gmm(x_t, 0.9, class_labels=labels)
+    for c in (0, 4, 9):
+        rows = labels == c
+        torch.testing.assert_close(out[rows], sl.GMM.fit(x[y == c], **opts)(x_t[rows], 0.9))
+    lp = gmm.log_prob(x_t, 0.9, class_labels=labels)
+    assert lp.shape == (24,) and torch.isfinite(lp).all()
+    assert gmm.sample(5, class_labels=3, generator=torch.Generator().manual_seed(0)).shape == (5, *x.shape[1:])
+    gmm.save(tmp_path / "g.safetensors")
+    back = sl.GMM.load(tmp_path / "g.safetensors")
+    assert back.classes_ == tuple(range(10))
+    torch.testing.assert_close(back(x_t, 0.9, class_labels=labels), out)
+    torch.testing.assert_close(back(x_t, 0.9), gmm(x_t, 0.9))
+
+
+def test_cfg_on_conditional_analytic_models(labelled):
+    """CFG works on any conditional analytic model through the null label (class_labels=None = pooled)."""
+    x, y = labelled
+    g = sl.Gaussian.fit(x, labels=y, rank=16)
+    guided = sl.guidance.cfg(g, 2.0)
+    x_t, labels = _noisy(x, 10), torch.arange(10)
+    torch.testing.assert_close(guided(x_t, 1.0, class_labels=labels),
+                               g(x_t, 1.0) + 2.0 * (g(x_t, 1.0, class_labels=labels) - g(x_t, 1.0)))

@@ -26,6 +26,7 @@ import torch
 
 from .._checks import check_data, check_positive_int, check_tensor, sigma_view
 from .._io import load_state, save_state
+from .conditional import ByClass, class_indices
 from .softmax import SoftmaxSums
 
 __all__ = ["GMM"]
@@ -34,7 +35,7 @@ COVARIANCES = ("full", "diag", "lowrank")
 LOG_2PI = math.log(2 * math.pi)
 
 
-class GMM:
+class GMM(ByClass):
     """Gaussian mixture with a closed-form denoiser at every σ. Fit with `GMM.fit(data, n_components, covariance)`.
 
     Learned attributes: weights_ [K], means_ [K, *shape]; "full"/"lowrank": eigvals_ [K, r], eigvecs_ [K, d, r],
@@ -82,9 +83,20 @@ class GMM:
     def fit(cls, data, n_components: int = 10, covariance: str = "full", rank: int | None = None, *,
             max_iter: int = 100, tol: float = 1e-6, reg_covar: float = 1e-6, kmeans_iter: int = 10,
             resp_floor: float = 1e-12, chunk_size: int = 8192, seed: int = 0, dtype=torch.float64, device=None,
-            progress: bool = False) -> "GMM":
-        """EM fit. data [N, *shape]; rank: columns of U for covariance="lowrank" (1 ≤ rank < d)."""
+            progress: bool = False, labels=None) -> "GMM":
+        """EM fit. data [N, *shape]; rank: columns of U for covariance="lowrank" (1 ≤ rank < d).
+        `labels` [N] (ints >= 0): also fit one mixture per class on its rows alone (same options), used when the
+        call gives `class_labels` (None: the pooled mixture; see `scorelab.models.conditional`)."""
         data = check_data(data)
+        if labels is not None:
+            groups = class_indices(labels, data.shape[0])
+            opts = dict(n_components=n_components, covariance=covariance, rank=rank, max_iter=max_iter, tol=tol,
+                        reg_covar=reg_covar, kmeans_iter=kmeans_iter, resp_floor=resp_floor, chunk_size=chunk_size,
+                        seed=seed, dtype=dtype, device=device, progress=progress)
+            pooled = cls.fit(data, **opts)
+            pooled._set_classes({c: cls.fit(data[torch.from_numpy(idx).to(data.device)], **opts)
+                                 for c, idx in groups.items()})
+            return pooled
         N = data.shape[0]
         K = check_positive_int(n_components, name="n_components")
         if K > N:
@@ -209,10 +221,13 @@ class GMM:
             out[i:i + chunk_size] = logw[None, :] - 0.5 * (maha + logdet + d * LOG_2PI)
         return out
 
-    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         check_tensor(x, name="x", min_ndim=2)
         if math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape_))}]; got {tuple(x.shape)}")
+        by_class = self._by_class("__call__", x, class_labels, sigma)
+        if by_class is not None:
+            return by_class
         var = sigma_view(sigma, x).reshape(-1).to(device=self.device, dtype=self.dtype).pow(2).expand(x.shape[0])
         xf = x.reshape(x.shape[0], -1).to(device=self.device, dtype=self.dtype)
         sums = SoftmaxSums.empty(xf.shape[:1], xf.shape[1:], dtype=self.dtype, device=self.device)
@@ -223,9 +238,12 @@ class GMM:
             sums.add(w[:, 0], w * mean_c)
         return sums.mean().reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
-    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, sigma=0.0, class_labels=None) -> torch.Tensor:
         """log p_σ(x) = log Σ_c π_c N(x; μ_c, Σ_c + σ²I)  [B]."""
         check_tensor(x, name="x", min_ndim=2)
+        by_class = self._by_class("log_prob", x, class_labels, sigma)
+        if by_class is not None:
+            return by_class
         sv = sigma_view(sigma, x).reshape(-1)
         return torch.logsumexp(self._log_joint(x.reshape(x.shape[0], -1), sv), 1)
 
@@ -233,9 +251,16 @@ class GMM:
         """w_c(x, σ) [B, K]."""
         return torch.softmax(self._log_joint(x.reshape(x.shape[0], -1), sigma_view(sigma, x).reshape(-1)), 1)
 
-    def sample(self, n: int, sigma: float = 0.0, generator=None) -> torch.Tensor:
-        """Exact draws from the noised mixture p_σ."""
+    def sample(self, n: int, sigma: float = 0.0, generator=None, class_labels=None) -> torch.Tensor:
+        """Exact draws from the noised mixture p_σ (row i from class class_labels[i]'s mixture if given)."""
         n = check_positive_int(n, name="n")
+        if class_labels is not None:
+            labels = self._labels(class_labels, n)
+            out = self.means_.new_empty(n, *self.shape_)
+            for c in labels.unique().tolist():
+                rows = (labels == c).nonzero().reshape(-1)
+                out[rows.to(out.device)] = self.class_models_[c].sample(len(rows), sigma, generator)
+            return out
         c = torch.multinomial(self.weights_.cpu().double(), n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64).to(self.device, self.dtype)
         out = self.means_.reshape(self.n_components, -1)[c.to(self.device)].clone()
@@ -262,20 +287,39 @@ class GMM:
         out = type(self)(**self._tensors(), covariance=self.covariance, dtype=dtype or self.dtype,
                          device=device or self.device)
         out.log_likelihood_, out.n_iter_, out.converged_ = list(self.log_likelihood_), self.n_iter_, self.converged_
+        if self.conditional:
+            out._set_classes({c: m.to(device, dtype) for c, m in self.class_models_.items()})
         return out
 
+    def _config(self) -> dict:
+        return {"covariance": self.covariance, "log_likelihood": self.log_likelihood_, "n_iter": self.n_iter_,
+                "converged": self.converged_, "dtype": str(self.dtype).split(".")[-1]}
+
     def save(self, path) -> None:
-        save_state(path, self._tensors(), kind=self.kind,
-                   config={"covariance": self.covariance, "log_likelihood": self.log_likelihood_,
-                           "n_iter": self.n_iter_, "converged": self.converged_,
-                           "dtype": str(self.dtype).split(".")[-1]})
+        """safetensors (per class `class{c}.<name>` besides the pooled tensors) + JSON header, atomic."""
+        tensors, config = self._tensors(), self._config()
+        if self.conditional:
+            config["classes"] = {}
+            for c, m in self.class_models_.items():
+                tensors.update({f"class{c}.{k}": v for k, v in m._tensors().items()})
+                config["classes"][str(c)] = m._config()
+        save_state(path, tensors, kind=self.kind, config=config)
 
     @classmethod
     def load(cls, path, device=None) -> "GMM":
         t, _, cfg = load_state(path, kind=cls.kind)
-        out = cls(**t, covariance=cfg["covariance"], dtype=getattr(torch, cfg["dtype"]), device=device)
-        out.log_likelihood_, out.n_iter_, out.converged_ = cfg["log_likelihood"], cfg["n_iter"], cfg["converged"]
-        return out
+
+        def build(prefix, c):
+            tensors = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix) and
+                       (prefix or not k.startswith("class"))}
+            out = cls(**tensors, covariance=c["covariance"], dtype=getattr(torch, c["dtype"]), device=device)
+            out.log_likelihood_, out.n_iter_, out.converged_ = c["log_likelihood"], c["n_iter"], c["converged"]
+            return out
+
+        pooled = build("", cfg)
+        if cfg.get("classes"):
+            pooled._set_classes({int(c): build(f"class{c}.", ccfg) for c, ccfg in cfg["classes"].items()})
+        return pooled
 
     def __repr__(self) -> str:
         return f"GMM(n_components={self.n_components}, covariance={self.covariance!r}, shape={self.shape_})"

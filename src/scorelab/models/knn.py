@@ -21,6 +21,7 @@ import torch
 
 from .._checks import check_positive_int, sigma_view
 from .._io import load_state, save_state
+from .conditional import ByClass, class_indices
 from .empirical import Empirical, as_rows, check_query, pack_data, unpack_data
 from .softmax import SoftmaxSums
 
@@ -37,7 +38,7 @@ def have_faiss() -> bool:
         return False
 
 
-class KNN:
+class KNN(ByClass):
     """Nearest-neighbour + random-tail estimator of the empirical denoiser (Niedoba et al. 2024).
 
     k: nearest neighbours per query; n_random: uniform tail draws with weight N/n_random (0: truncation).
@@ -45,13 +46,15 @@ class KNN:
     `ef_search`), "torch" (exact chunked top-k, no faiss), "auto" (ivf for N ≥ 20,000 with faiss, else flat,
     torch without faiss). exact=True: the exact `Empirical` posterior mean (no search, no sampling).
     seed: seeds the tail draws (a fresh draw on every call, from the model's own generator).
+    labels: optional [N] integer classes: also one KNN per class on its rows alone (same options), used when the
+    call gives `class_labels` (None: the pooled model; see `scorelab.models.conditional`).
     """
 
     kind = "knn"
 
     def __init__(self, data, k: int = 64, n_random: int = 256, *, index: str = "auto", exact: bool = False,
                  nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128,
-                 chunk_size: int = 4096, seed: int = 0, dtype=None, device=None, _index_bytes=None):
+                 chunk_size: int = 4096, seed: int = 0, dtype=None, device=None, labels=None, _index_bytes=None):
         rows = as_rows(data)
         if rows.tensor is None:  # neighbour search needs the data in memory
             rows = as_rows(torch.from_numpy(np.asarray(rows.source)).to(torch.float32))
@@ -85,6 +88,17 @@ class KNN:
         self.index_ = None
         if not self.exact and self.index != "torch":
             self.index_ = self._build_index(_index_bytes)
+        self.labels_ = None
+        if labels is not None:
+            groups = class_indices(labels, rows.n)
+            small = {c: len(idx) for c, idx in groups.items() if len(idx) < self.k}
+            if small:
+                raise ValueError(f"k must be <= the size of every class; got k={self.k} with classes of sizes "
+                                 f"{small}")
+            self.labels_ = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels),
+                                           dtype=torch.long)
+            self._set_classes({c: type(self)(self.data_[torch.from_numpy(idx).to(self.device)], **self._kwargs(),
+                                             dtype=self.dtype, device=self.device) for c, idx in groups.items()})
 
     @classmethod
     def fit(cls, data, *args, **kwargs) -> "KNN":
@@ -150,8 +164,11 @@ class KNN:
         return d2, best_i
 
     # -- the estimator -----------------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         check_query(x, self.data_flat_.shape[1], self.shape_)
+        by_class = self._by_class("__call__", x, class_labels, sigma)
+        if by_class is not None:
+            return by_class
         if self.exact:
             return self.empirical_(x, sigma)
         s = sigma_view(sigma, x).reshape(-1).to(torch.float64)
@@ -229,7 +246,7 @@ class KNN:
 
     def to(self, device=None, dtype=None) -> "KNN":
         return type(self)(self.data_, **self._kwargs(), dtype=dtype or self.dtype, device=device or self.device,
-                          _index_bytes=self._index_bytes())
+                          labels=self.labels_, _index_bytes=self._index_bytes())
 
     def _index_bytes(self):
         if self.index_ is None:
@@ -243,6 +260,8 @@ class KNN:
         tensors, data_cfg = pack_data(self.data_)
         if self.index_ is not None:
             tensors["faiss_index"] = self._index_bytes()
+        if self.labels_ is not None:
+            tensors["labels"] = self.labels_
         save_state(path, tensors, kind=self.kind,
                    config={"data": data_cfg, **self._kwargs(), "dtype": str(self.dtype).split(".")[-1]})
 
@@ -254,7 +273,7 @@ class KNN:
         index_bytes = tensors.get("faiss_index")
         if index_bytes is not None and not have_faiss():
             raise ValueError(f"{path} holds a faiss index; install faiss (pip install 'scorelab[faiss]') to load it")
-        return cls(data, **cfg, dtype=dtype, device=device, _index_bytes=index_bytes)
+        return cls(data, **cfg, dtype=dtype, device=device, labels=tensors.get("labels"), _index_bytes=index_bytes)
 
     def __repr__(self) -> str:
         return f"KNN(n={self.n_samples_}, k={self.k}, n_random={self.n_random}, index={self.index!r})"
