@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Debian packages installed when missing and apt can (root): Fashion-MNIST for the demo and tests (the demo falls
-# back to digits without it), Chromium for the report's headless-browser test (skipped, with its reason, without it).
+# back to digits without it), Chromium for the report's headless-browser test (it fails, saying so, without it).
 APT_OK := $(shell command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && echo yes)
 define apt_install
 	@if ! $(2); then \

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import scorelab as sl
 from scorelab.diagnostics import explained_variance, suggest_skip, trajectory_deviation
 
 
@@ -75,14 +76,9 @@ def test_identical_models_explain_everything_and_no_nan_at_extreme_sigma():
 
 
 def test_gaussian_ev_rises_towards_one_with_sigma_on_digits():
-    sl = pytest.importorskip("scorelab")
-    try:
-        x = sl.data.load("digits")
-        Gaussian, Empirical = sl.Gaussian, sl.Empirical
-    except (AttributeError, ImportError, ValueError, FileNotFoundError) as e:
-        pytest.skip(f"data/models not available: {e}")
+    x = sl.data.load("digits")
     train, held = x[:1400], x[1400:1600]
-    g, emp = Gaussian.fit(train), Empirical(train)
+    g, emp = sl.Gaussian.fit(train), sl.Empirical(train)
     sigmas = [0.5, 2.0, 10.0, 80.0]
     rows = explained_variance(g, emp, held, sigmas, progress=False)
     ev_s = [r["ev_score"] for r in rows]
@@ -91,7 +87,6 @@ def test_gaussian_ev_rises_towards_one_with_sigma_on_digits():
 
 
 def test_trajectory_deviation_zero_for_same_model_and_matches_sample():
-    sl = pytest.importorskip("scorelab")
     sigmas = sl.schedules.karras(6, sigma_max=20.0)
     ref, model = Scaled(v=1.0), Scaled(v=1.5)
     same = trajectory_deviation(ref, ref, 4, sigmas, shape=(1, 3, 3))
@@ -107,7 +102,6 @@ def test_trajectory_deviation_zero_for_same_model_and_matches_sample():
 def test_suggest_skip_matches_closed_form_threshold():
     # reference N(0, I) denoiser a = 1/(1+σ²), "gaussian" with variance 2: b = 2/(2+σ²);
     # EV_s(σ) = 1 − (b − a)²/(1 − a)² exactly, so the expected σ_skip follows from the formula on the grid.
-    sl = pytest.importorskip("scorelab")
     grid = sl.schedules.karras(18, sigma_max=80.0)
     data = torch.randn(32, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     ref, gauss = Scaled(v=1.0), Scaled(v=2.0)
@@ -146,15 +140,11 @@ def test_bad_input():
 def test_cli_diagnose_explained_and_suggest_skip(tmp_path, capsys):
     import json
 
-    sl = pytest.importorskip("scorelab")
     from scorelab.cli import main
 
-    try:
-        x = sl.data.load("digits")
-        sl.Gaussian.fit(x[:500]).save(tmp_path / "g.safetensors")
-        sl.Empirical(x[:500]).save(tmp_path / "e.safetensors")
-    except (AttributeError, ImportError, ValueError) as e:
-        pytest.skip(f"data/models not available: {e}")
+    x = sl.data.load("digits")
+    sl.Gaussian.fit(x[:500]).save(tmp_path / "g.safetensors")
+    sl.Empirical(x[:500]).save(tmp_path / "e.safetensors")
     common = ["--reference", str(tmp_path / "e.safetensors"), "--data", "digits", "--n", "32", "--n-fit", "500"]
     assert main(["diagnose", "explained", "--model", str(tmp_path / "g.safetensors"), *common, "--steps", "4",
                  "--json", str(tmp_path / "ev.json"), "--plot", str(tmp_path / "ev.png")]) == 0

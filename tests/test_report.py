@@ -9,18 +9,15 @@ import subprocess
 import numpy as np
 import pytest
 
-sl = pytest.importorskip("scorelab")
+import scorelab as sl
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     from scorelab.report import build_report
 
-    try:
-        x = sl.data.load("digits")
-        emp = sl.Empirical(x[:600])
-    except (AttributeError, ImportError, ValueError) as e:
-        pytest.skip(f"data/models not available: {e}")
+    x = sl.data.load("digits")
+    emp = sl.Empirical(x[:600])
     out = tmp_path_factory.mktemp("report") / "report.html"
     result = build_report(emp, "digits", out, n_fit=600, n_eval=24, steps=6, n_samples=16, fid_samples=24,
                           features="pixels", models=("Gaussian", "Empirical"), progress=False)
@@ -64,8 +61,7 @@ def test_report_is_self_contained_and_consistent(report):
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium not installed (apt-get update && apt-get install -y chromium)")
+    assert browser is not None, "chromium not installed: `make test` installs it (make chromium, or apt-get install chromium)"
     out = report[0]
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -90,10 +86,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_cli_report_with_analytic_model_file(tmp_path):
     from scorelab.cli import main
 
-    try:
-        g = sl.Gaussian.fit(sl.data.load("digits", limit=500))
-    except (AttributeError, ImportError, ValueError) as e:
-        pytest.skip(f"data/models not available: {e}")
+    g = sl.Gaussian.fit(sl.data.load("digits", limit=500))
     g.save(tmp_path / "g.safetensors")
     out, js = tmp_path / "r.html", tmp_path / "r.json"
     status = main(["report", "--model", str(tmp_path / "g.safetensors"), "--data", "digits", "--out", str(out),
