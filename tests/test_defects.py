@@ -58,3 +58,38 @@ def test_bad_steps_names_steps(capsys, gaussian_file, tmp_path, command, steps):
     line = cli_error(capsys, *argv, "--steps", steps)
     assert f"error: --steps must be an integer in [1, 100000]; got {steps}" in line
     assert not list(tmp_path.iterdir())
+
+
+class _Evil:   # a pickle that would run code when unpickled: torch.load(weights_only=True) must refuse it
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def _bad_sample_file(tmp_path, kind):
+    if kind == "evil.pt":
+        torch.save({"images": torch.zeros(2, 1, 8, 8), "payload": _Evil()}, tmp_path / kind)
+    elif kind == "truncated.safetensors":
+        from safetensors.torch import save_file
+
+        save_file({"images": torch.zeros(4, 1, 8, 8)}, str(tmp_path / kind))
+        data = (tmp_path / kind).read_bytes()
+        (tmp_path / kind).write_bytes(data[:len(data) // 2])
+    else:   # corrupt.*: bytes that are no such file
+        (tmp_path / kind).write_bytes(b"\x93NUMPY garbage \x00\x01\x02" * 7)
+    return tmp_path / kind
+
+
+# 5. corrupt or malicious sample files: tracebacks before (the malicious .pt refused, but as a traceback).
+@pytest.mark.parametrize("kind", ["evil.pt", "corrupt.pt", "corrupt.safetensors", "truncated.safetensors",
+                                  "corrupt.npy", "corrupt.npz"])
+@pytest.mark.parametrize("command", [["metrics", "fid", "--features", "pixels", "--data", "digits"],
+                                     ["metrics", "lowdim", "--data", "digits"],
+                                     ["diagnose", "nearest", "--data", "digits", "--out", "{out}"]])
+def test_unreadable_samples_are_one_line(capsys, tmp_path, kind, command):
+    path = _bad_sample_file(tmp_path, kind)
+    out = tmp_path / "out"
+    line = cli_error(capsys, *[a.format(out=out / "grid.png") for a in command], "--samples", path)
+    assert f"--samples {str(path)!r}" in line
+    assert not out.exists()

@@ -12,14 +12,47 @@ from pathlib import Path
 from . import add_data_args
 
 
-def load_samples(path):
-    """Samples written by `scorelab sample` or saved by hand: .npy/.npz (via scorelab.data), .pt, .safetensors."""
+def load_samples(path, option: str = "--samples"):
+    """Samples written by `scorelab sample` or saved by hand: .npy/.npz (via scorelab.data), .pt, .safetensors.
+
+    A missing, corrupt or truncated file, or a .pt that holds pickled code (refused by torch.load(weights_only=True)),
+    is a ValueError/FileNotFoundError naming `option` and the path: one line from the CLI."""
+    p = Path(path)
+    where = f"{option} {str(p)!r}"
+    if not p.is_file():
+        raise FileNotFoundError(f"{where} does not exist or is not a file")
+    suffix = p.suffix.lower()
+    if suffix not in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
+        raise ValueError(f"{where} must be a .npy, .npz, .pt or .safetensors file")
+    try:
+        x = _read_samples(p, suffix)
+    except Exception as e:   # numpy, pickle, zip and safetensors each raise their own types on bad bytes
+        reason = _reason(e, p)
+        if reason.startswith("is not a readable"):   # scorelab.data's own message, already complete
+            raise ValueError(f"{where} {reason}") from None
+        raise ValueError(f"{where} is not a readable {suffix} samples file ({reason})") from None
+    if x is None:
+        raise ValueError(f"{where} holds no tensor (expected a tensor or a dict with 'images')")
+    return x
+
+
+def _reason(e: Exception, p: Path) -> str:
+    """The informative line of a reader's error: torch.load's weights-only refusal names the blocked GLOBAL (a
+    pickled object or code) or the bad opcode among lines of advice; other readers' first line, minus the path."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        glob = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if glob is not None:
+            return f"torch.load(weights_only=True) refused pickled code or objects: {glob.rstrip('.')}"
+        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [ln for ln in lines if not ln.startswith(advice)] or lines
+    reason = lines[0] if lines else type(e).__name__
+    return reason.replace(f"{p} ", "", 1).replace(f"{str(p)!r} ", "", 1)
+
+
+def _read_samples(p: Path, suffix: str):
     import torch
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"samples {str(p)!r} does not exist or is not a file")
-    suffix = p.suffix.lower()
     if suffix in (".npy", ".npz"):
         from .. import data
 
@@ -29,18 +62,12 @@ def load_samples(path):
         obj = torch.load(p, map_location="cpu", weights_only=True)
         if isinstance(obj, dict):
             obj = next((obj[k] for k in ("images", "samples", "x") if k in obj), None)
-        if not isinstance(obj, torch.Tensor):
-            raise ValueError(f"samples {str(p)!r} holds no tensor (expected a tensor or a dict with 'images')")
-        return obj.float()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
+        return obj.float() if isinstance(obj, torch.Tensor) else None
+    from safetensors.torch import load_file
 
-        t = load_file(str(p))
-        key = next((k for k in ("images", "samples", "x") if k in t), None) or next(iter(t), None)
-        if key is None:
-            raise ValueError(f"samples {str(p)!r} holds no tensor")
-        return t[key].float()
-    raise ValueError(f"samples must be a .npy, .npz, .pt or .safetensors file; got {str(p)!r}")
+    t = load_file(str(p))
+    key = next((k for k in ("images", "samples", "x") if k in t), None) or next(iter(t), None)
+    return None if key is None else t[key].float()
 
 
 def _register_nearest(sub) -> None:
