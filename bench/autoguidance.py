@@ -1,0 +1,176 @@
+"""Autoguidance sweep on the reference U-Net: D = D_weak + w (D_strong − D_weak) (Karras et al. 2024).
+
+The strong model is the shipped U-Net (or --unet); weak models are earlier stages of it read from git history
+(DIR@REV), another network directory, or "gaussian" (the training set's Gaussian). Every run uses the same seeds
+as the unguided run of the same solver, so FD differences are paired: the record gives each guided run's
+Fréchet distance (classifier features by default: the screening metric; Inception with --features inception),
+its difference to the unguided run with a bootstrap 95% interval, and the network evaluations per sample (the
+guided denoiser evaluates both networks: `SampleResult.network_nfe`).
+
+Rows are written as they finish; a rerun with the same --out/--name skips rows already there (same weak, w,
+solver, n, seed), so an interrupted sweep resumes. Samples are cached on disk ($XDG_CACHE_HOME/scorelab/
+autoguidance) so a later --features inception pass does not sample again.
+
+    python -m bench.autoguidance --n 1000 --scales 1.5,2,2.5,3 \\
+        --weak models/fashion-mnist-unet@9894fbc,models/fashion-mnist-unet@873d414,gaussian
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+
+import torch
+
+import scorelab as sl
+from scorelab.metrics.frechet import feature_stats, frechet_distance
+
+from . import record
+from .common import add_output_arguments, fashion_mnist, load_unet, show, unet_network
+
+SOLVERS = {  # name: (sampler, sampler options); churn settings are EDM's (Karras et al. 2022, Table 5, ImageNet)
+    "heun": ("heun", {}),
+    "edm_churn": ("edm_stochastic", dict(S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)),
+}
+
+
+def parse_list(text: str, kind=str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"expected a comma-separated list; got {text!r}")
+    return [kind(t) for t in items]
+
+
+def load_weak(spec: str, data_path=None):
+    """The weak denoiser named by `spec`: "gaussian" (fitted to the training set) or a network directory (DIR or
+    DIR@REV)."""
+    if spec == "gaussian":
+        return sl.Gaussian.fit(fashion_mnist("train", None, data_path))
+    return load_unet(spec)[0]
+
+
+def row_key(r: dict) -> tuple:
+    return (r["weak"], float(r["w"]), r["solver"], int(r["steps"]), int(r["n"]), int(r["seed"]))
+
+
+def cached_samples(key: dict, run):
+    """Images of a run from the cache (keyed by everything that determines them), else `run()`, stored atomically."""
+    from scorelab._io import atomic_path
+
+    key = {**key, "torch": str(torch.__version__)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = record.cache_dir("autoguidance") / f"{digest}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        if saved["key"] == key:
+            return saved["result"]
+    res = run()
+    result = dict(images=res.images, nfe=res.nfe, network_nfe=res.network_nfe, seconds=res.seconds)
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({"key": key, "result": result}, tmp)
+    return result
+
+
+def features(images, kind: str):
+    if kind == "classifier":
+        return sl.metrics.classifier_features(images.clamp(-1, 1))
+    if kind == "pixels":
+        return images.reshape(images.shape[0], -1).double()
+    from scorelab.metrics.stats import cached_image_features
+
+    return cached_image_features(images.clamp(-1, 1), desc="inception")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="samples per run (default %(default)s)")
+    ap.add_argument("--weak", default="models/fashion-mnist-unet@9894fbc,models/fashion-mnist-unet@873d414",
+                    help="weak models, comma-separated: DIR, DIR@REV or gaussian (default %(default)s)")
+    ap.add_argument("--scales", default="1.5,2,2.5,3", help="guidance scales w (default %(default)s)")
+    ap.add_argument("--solvers", default="heun", help=f"comma-separated, of {sorted(SOLVERS)} (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=18, help="Karras grid steps (default %(default)s: Heun-18, 35 NFE)")
+    ap.add_argument("--features", choices=["classifier", "inception", "pixels"], default="classifier")
+    ap.add_argument("--n-boot", type=int, default=100, help="bootstrap rounds of each paired FD difference")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--unet", default=None, help="the strong network (default: models/fashion-mnist-unet)")
+    ap.add_argument("--name", default="autoguidance", help="record name: OUT/NAME.json (default %(default)s)")
+    add_output_arguments(ap)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    weak_specs, scales = parse_list(args.weak), parse_list(args.scales, float)
+    solvers = parse_list(args.solvers)
+    bad = [s for s in solvers if s not in SOLVERS]
+    if bad:
+        ap.error(f"--solvers: unknown {bad}; choose from {sorted(SOLVERS)}")
+
+    strong, strong_label = load_unet(args.unet)
+    network = unet_network(args.unet)
+    ref = features(fashion_mnist("test", args.n, args.data_path), args.features)
+    out_path = record.results_dir(args.out) / f"{args.name}.json"
+    old = record.read(out_path) if out_path.exists() else None
+    rows = [r for r in (old or {}).get("rows", []) if r.get("features") == args.features]
+    done = {row_key(r) for r in rows}
+    sigmas = sl.schedules.karras(args.steps)
+    t_all = time.perf_counter()
+
+    def save():
+        record.write(args.name, sorted(rows, key=lambda r: (r["solver"], r["weak"] != "none", r["weak"], r["w"])),
+                     out=args.out, title="Autoguidance of the reference U-Net: paired FD per weak model and scale",
+                     network=network, columns=["solver", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low",
+                                               "fd_diff_high"],
+                     keys=["solver", "weak", "w"], features=args.features, strong=strong_label,
+                     notes="fd: Fréchet distance to the first n test images in the named features; fd_diff: guided "
+                           "minus unguided (same seeds), with its paired bootstrap 95% interval; network_nfe: "
+                           "network evaluations per sample (both networks counted).")
+
+    for solver in solvers:
+        sampler, opts = SOLVERS[solver]
+        base_key = dict(unet=network["sha256"], solver=solver, steps=args.steps, n=args.n, seed=args.seed)
+
+        def run(denoiser):
+            return sl.sample(denoiser, n=args.n, sigmas=sigmas, solver=sampler, seed=args.seed,
+                             batch_size=args.batch_size, progress=True, **opts)
+
+        base = cached_samples({**base_key, "weak": "none", "w": 1.0}, lambda: run(strong))
+        base_feats = features(base["images"], args.features)
+        base_row = dict(solver=solver, steps=args.steps, weak="none", w=1.0, n=args.n, seed=args.seed,
+                        features=args.features, nfe=base["nfe"], network_nfe=base["network_nfe"],
+                        fd=frechet_distance(*_moments(base_feats), *_moments(ref)),
+                        fd_diff=0.0, fd_diff_low=0.0, fd_diff_high=0.0, seconds=round(base["seconds"], 1))
+        if row_key(base_row) not in done:
+            rows.append(base_row)
+            done.add(row_key(base_row))
+            save()
+        for spec in weak_specs:
+            weak = None
+            for w in scales:
+                key = (spec, float(w), solver, args.steps, args.n, args.seed)
+                if key in done:
+                    continue
+                weak = weak if weak is not None else load_weak(spec, args.data_path)
+                res = cached_samples({**base_key, "weak": spec, "w": float(w)},
+                                     lambda: run(sl.guidance.autoguidance(strong, weak, w)))
+                f = features(res["images"], args.features)
+                d = sl.metrics.fid_difference(f, base_feats, ref, n_boot=args.n_boot, progress=False)
+                rows.append(dict(solver=solver, steps=args.steps, weak=spec, w=float(w), n=args.n, seed=args.seed,
+                                 features=args.features, nfe=res["nfe"], network_nfe=res["network_nfe"],
+                                 fd=d.fid_a, fd_diff=d.difference, fd_diff_low=d.low, fd_diff_high=d.high,
+                                 seconds=round(res["seconds"], 1)))
+                done.add(key)
+                save()
+                print(show(rows[-1:], keys=["solver", "weak", "w"]), flush=True)
+    print(show(rows, columns=["solver", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low", "fd_diff_high"]))
+    print(f"total {time.perf_counter() - t_all:.0f} s")
+    return 0
+
+
+def _moments(f):
+    s = feature_stats(f)
+    return s.mu, s.sigma
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
