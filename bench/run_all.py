@@ -20,6 +20,7 @@ from pathlib import Path
 from . import record
 from .record import BENCH, RESULTS, ROOT
 
+PACKAGE = __package__ or "bench"   # the scripts are the modules PACKAGE.<module>, files BENCH/<module>.py
 QUICK_RESULTS = RESULTS / "quick"   # --quick scripts write here: the full results stay as they are
 
 # name → (module under bench/, full arguments, quick arguments or None = left out of --quick)
@@ -57,7 +58,7 @@ def plan(quick: bool, only: list[str] | None, skip: list[str], out: Path | None 
         args = short if quick else full
         if args is None or not (BENCH / f"{module}.py").exists():
             continue
-        todo.append((name, ["-m", f"bench.{module}"] + args + (["--out", relative(out)] if out is not None else [])))
+        todo.append((name, ["-m", f"{PACKAGE}.{module}"] + args + (["--out", relative(out)] if out is not None else [])))
     return todo
 
 
