@@ -93,3 +93,20 @@ def test_unreadable_samples_are_one_line(capsys, tmp_path, kind, command):
     line = cli_error(capsys, *[a.format(out=out / "grid.png") for a in command], "--samples", path)
     assert f"--samples {str(path)!r}" in line
     assert not out.exists()
+
+
+# 9. `--teleport models/fashion-mnist-unet` said the existing folder "does not exist".
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("teleport, needles", [
+    (REPO / "models" / "fashion-mnist-unet", ["is a folder (a trained network", "fitted Gaussian", ".safetensors"]),
+    (REPO / "models" / "two-moons-mlp" / "model.safetensors", ["holds a trained network", "fitted Gaussian"]),
+    ("no-such-gaussian.safetensors", ["does not exist", "fitted Gaussian"]),
+])
+def test_teleport_says_what_it_expects(capsys, gaussian_file, tmp_path, teleport, needles):
+    line = cli_error(capsys, "sample", "--model", gaussian_file, "--teleport", teleport, "--skip", "0.2",
+                     "--n", 2, "--steps", 4, "--no-progress", "--out", tmp_path / "s.png")
+    assert f"--teleport {str(teleport)!r}" in line
+    for needle in needles:
+        assert needle in line, line

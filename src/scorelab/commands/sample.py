@@ -101,10 +101,30 @@ def load_denoiser(path, device=None, dtype=None):
     return model
 
 
+def load_teleport(path, device=None):
+    """The fitted Gaussian of --teleport: a .safetensors file written by `scorelab fit gaussian`. A folder or a
+    network file is a trained network (what --model takes), which has no exact jump."""
+    from .._io import load_state
+    from ..models import load
+
+    expected = "expected a fitted Gaussian: the .safetensors file written by `scorelab fit gaussian`"
+    where = f"--teleport {str(path)!r}"
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{where} is a folder (a trained network, which --model takes); {expected}")
+    if not path.exists():
+        raise FileNotFoundError(f"{where} does not exist; {expected}")
+    _, kind, _ = load_state(path)
+    if kind == "edm-net":
+        raise ValueError(f"{where} holds a trained network (which --model takes); {expected}")
+    if kind != "gaussian":
+        raise ValueError(f"{where} holds a {kind!r} model; {expected}")
+    return load(path, device=device)
+
+
 def _run(args) -> int:
     from .. import schedules
     from .._io import write_json
-    from ..models import load as load_model_file
     from ..sample import sample
 
     dtype = torch_dtype(args.dtype)
@@ -128,9 +148,7 @@ def _run(args) -> int:
     sigmas = schedules.get(args.schedule, args.steps, **kwargs)
     gaussian = None
     if args.teleport is not None:
-        gaussian = load_model_file(args.teleport, device=args.device)
-        if not hasattr(gaussian, "trajectory"):
-            raise ValueError(f"--teleport {args.teleport!r} must hold a Gaussian (scorelab fit gaussian)")
+        gaussian = load_teleport(args.teleport, device=args.device)
     elif args.skip is not None or args.sigma_skip is not None or args.warm_history:
         raise ValueError("--skip/--sigma-skip/--warm-history need --teleport GAUSSIAN_FILE")
     skip = args.skip
