@@ -84,17 +84,19 @@ def run(out: Path, n: int = 64, steps: int = 18, skips=(0.2, 0.4), seed: int = 0
     summary = dict(data=name, n_train=len(x), gaussian_fit_seconds=round(fit_seconds, 3), n_samples=n, seed=seed,
                    sampled_denoiser=label, rows=rows, grids=grids, gaussian=str(out / "gaussian.safetensors"))
     write_json(out / "summary.json", summary)
-    def row(r, key):
-        sk = "—" if r["sigma_skip"] is None else f"{r['sigma_skip']:.3g}"
-        return f"| {r['solver']} {r['steps']} | {r['skip']:.0%} | {sk} | {r['nfe']} | {r[key]:.2e} | {r['seconds']} |"
+    from .tables import markdown
+
+    def table(rows, key, header):
+        shown = [{"solver": f"{r['solver']} {r['steps']}", "skip": f"{r['skip']:.0%}", "σ_skip": r["sigma_skip"],
+                  "NFE": r["nfe"], header: r[key], "seconds": r["seconds"]} for r in rows]
+        return markdown(shown, digits=3)
 
     exact_rows = [r for r in rows if "rms_error_vs_exact" in r]
     net_rows = sorted((r for r in rows if "rms_diff_vs_unskipped" in r), key=lambda r: r["skip"])
-    head = "| solver | skip | σ_skip | NFE | {} | seconds |\n|---|---|---|---|---|---|"
     lines = ["Gaussian denoiser: RMS error against the exact PF-ODE endpoint (closed form), same noise",
-             "", head.format("RMS error vs exact"), *[row(r, "rms_error_vs_exact") for r in exact_rows], "",
+             "", table(exact_rows, "rms_error_vs_exact", "RMS error vs exact"), "",
              f"{label}: RMS difference of teleported samples from the unskipped run, same seeds", "",
-             head.format("RMS diff vs unskipped"), *[row(r, "rms_diff_vs_unskipped") for r in net_rows]]
+             table(net_rows, "rms_diff_vs_unskipped", "RMS diff vs unskipped")]
     write_text(out / "table.md", "\n".join(lines) + "\n")
     return summary
 

@@ -63,14 +63,11 @@ def _options(args, n=None) -> dict:
 def run_list(args) -> int:
     from ..data import info
 
-    rows = [("name", "shape", "train / test", "labels", "available", "where / how to get")]
-    rows += [(r["name"], r["shape"], r["sizes"], "yes" if r["labels"] else "no", "yes" if r["available"] else "no",
-              r["where"]) for r in info()]
-    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    from ..tables import markdown
+
+    rows = [{"name": r["name"], "shape": r["shape"], "train / test": r["sizes"], "labels": bool(r["labels"]),
+             "available": bool(r["available"]), "where / how to get": r["where"]} for r in info()]
+    print(markdown(rows))
     return 0
 
 
