@@ -186,6 +186,64 @@ def test_energy_distance_matches_scipy_in_1d():
     assert energy_distance(a, b, chunk=16) == pytest.approx(ref, rel=1e-10)
 
 
+def test_energy_distance_bounds_cost_and_memory(monkeypatch, capsys):
+    """Sets above max_samples are subsampled (seeded, without replacement: the same value as the exact statistic on
+    those subsets); distances are computed in chunk × chunk blocks; above EXACT_DIM dimensions the GEMM form agrees
+    with the coordinate-wise sum; progress=True draws a bar."""
+    from scorelab.metrics import lowdim
+
+    g = torch.Generator().manual_seed(21)
+    a, b = torch.randn(300, 3, generator=g, dtype=torch.float64), torch.randn(250, 3, generator=g, dtype=torch.float64) + 0.5
+    gen = torch.Generator().manual_seed(7)
+    ia = torch.randperm(300, generator=gen)[:100].sort().values
+    ib = torch.randperm(250, generator=gen)[:100].sort().values
+    want = energy_distance(a[ia], b[ib], max_samples=None)
+    assert energy_distance(a, b, max_samples=100, seed=7) == pytest.approx(want, rel=1e-12)
+    assert energy_distance(a, b, max_samples=300) == energy_distance(a, b, max_samples=None)  # nothing to drop
+
+    shapes = []
+    cdist = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda x, y, **kw: shapes.append((len(x), len(y))) or cdist(x, y, **kw))
+    energy_distance(a, b, chunk=64, progress=True)
+    assert max(max(s) for s in shapes) == 64 and len(shapes) == 5 * 4 + 5 * 5 + 4 * 4
+    assert "energy distance" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    x, y = torch.randn(120, 64, generator=g, dtype=torch.float64), torch.randn(90, 64, generator=g, dtype=torch.float64)
+    fast = energy_distance(x, y + 0.1)
+    monkeypatch.setattr(lowdim, "EXACT_DIM", 10_000)
+    assert fast == pytest.approx(energy_distance(x, y + 0.1), rel=1e-9)
+
+
+def test_lowdim_distances_need_the_same_dimension():
+    for fn in (energy_distance, sliced_wasserstein):
+        with pytest.raises(ValueError, match=r"a and b must have the same dimension.*\(5, 2\).*d = 2.*\(4, 1, 2, 2\).*d = 4"):
+            fn(torch.randn(5, 2), torch.randn(4, 1, 2, 2))
+    with pytest.raises(ValueError, match="max_samples must be >= 2"):
+        energy_distance(torch.randn(5, 2), torch.randn(5, 2), max_samples=1)
+
+
+def test_fid_warns_below_the_documented_minimum():
+    """sl.metrics.fid on fewer than MIN_SAMPLES_PER_DIM·D samples warns (naming the set and the minimum); at or above
+    it, and for (μ, Σ) pairs whose sample count is unknown, it does not."""
+    import warnings
+
+    from scorelab.metrics.frechet import MIN_SAMPLES_PER_DIM, FIDSampleSizeWarning
+
+    g = torch.Generator().manual_seed(22)
+    d = 8
+    enough = MIN_SAMPLES_PER_DIM * d
+    big, few = torch.randn(enough, d, generator=g), torch.randn(10, d, generator=g)
+    with pytest.warns(FIDSampleSizeWarning, match=rf"10 samples in a with 8-dimensional features.*{enough} samples"):
+        value = fid(few, big)
+    assert value == pytest.approx(frechet_distance(*feature_stats(few)[:2], *feature_stats(big)[:2]), rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fid(big, big + 1)
+        fid((torch.zeros(d), torch.eye(d)), big)
+    assert sl.metrics.fid is fid
+
+
 def test_gaussian_frechet_and_kl_closed_forms():
     d = 6
     c1, c2 = random_cov(d, 15), random_cov(d, 16, 0.5)

@@ -122,8 +122,9 @@ def _run_lowdim(args) -> int:
     ga, gb = (a.mean(0), torch.cov(a.T).reshape(a.shape[1], a.shape[1])), \
         (b.mean(0), torch.cov(b.T).reshape(b.shape[1], b.shape[1]))
     result = {"samples": args.samples, "data": args.data, "n_samples": int(a.shape[0]), "n_data": int(b.shape[0]),
-              "sliced_wasserstein": sliced_wasserstein(a, b, n_projections=_positive(args.projections, "--projections")),
-              "energy_distance": energy_distance(a, b), "gaussian_frechet": gaussian_frechet(ga, gb)}
+              "sliced_wasserstein": sliced_wasserstein(a, b, n_projections=_positive(args.projections, "--projections"),
+                                                       progress=True),
+              "energy_distance": energy_distance(a, b, progress=True), "gaussian_frechet": gaussian_frechet(ga, gb)}
     try:
         result["gaussian_kl"] = gaussian_kl(ga, gb)
     except ValueError:

@@ -7,6 +7,7 @@ round-off and no complex parts appear.
 """
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -15,7 +16,8 @@ from .._checks import check_fraction, check_positive_int, check_tensor
 from .stats import FeatureStats, check_features, feature_stats, inception_features
 
 __all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid", "fd_inf", "fid_difference",
-           "as_features", "FDInfinity", "FIDDifference"]
+           "as_features", "FDInfinity", "FIDDifference", "FIDSampleSizeWarning", "check_fid_samples",
+           "MIN_SAMPLES_PER_DIM"]
 
 
 def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
@@ -79,16 +81,39 @@ def _as_stats(x, *, name: str, **kw) -> FeatureStats:
     return feature_stats(as_features(x, name=name, **kw))
 
 
+class FIDSampleSizeWarning(UserWarning):
+    """FID computed from fewer samples than `MIN_SAMPLES_PER_DIM`·D: strongly biased upwards and noisy."""
+
+
+MIN_SAMPLES_PER_DIM = 2  # fid warns when a set has fewer than 2·D samples (4,096 for Inception's D = 2,048)
+
+
+def check_fid_samples(n: int, dim: int, *, name: str) -> None:
+    """Warn (FIDSampleSizeWarning) when n samples of D-dimensional features are too few for a meaningful FID.
+
+    The covariance of D features estimated from n samples has rank < n; below about 2·D samples the FID is
+    dominated by that estimation bias (it grows like D/n; Chong & Forsyth 2020) rather than by the difference
+    between the distributions. Compare models at ≥ 5,000 samples (DESIGN.md), or extrapolate with `fd_inf`."""
+    if 0 <= n < MIN_SAMPLES_PER_DIM * dim:
+        warnings.warn(f"FID from {n} samples in {name} with {dim}-dimensional features: below the documented minimum "
+                      f"of {MIN_SAMPLES_PER_DIM}·{dim} = {MIN_SAMPLES_PER_DIM * dim} samples the value is biased "
+                      "upwards and noisy (use >= 5,000 samples, or fd_inf)", FIDSampleSizeWarning, stacklevel=3)
+
+
 def fid(a, b, *, batch_size: int = 16, device=None, progress: bool = True, cache: bool = True) -> float:
     """Fréchet Inception distance between two sets.
 
     Each of `a`, `b`: images [N, C, H, W] in [−1, 1] (Inception features extracted, cached on disk),
-    features [N, D], or a `FeatureStats` / (μ, Σ) pair (e.g. `metrics.stats.reference_stats(...)`)."""
+    features [N, D], or a `FeatureStats` / (μ, Σ) pair (e.g. `metrics.stats.reference_stats(...)`).
+    A set of fewer than 2·D samples (4,096 images for Inception; `MIN_SAMPLES_PER_DIM`) gives a
+    FIDSampleSizeWarning: the value is then mostly estimation bias (see `check_fid_samples`)."""
     _check_pair(a, b)
     kw = dict(batch_size=batch_size, device=device, progress=progress, cache=cache)
     sa, sb = _as_stats(a, name="a", **kw), _as_stats(b, name="b", **kw)
     if sa.mu.shape != sb.mu.shape:
         raise ValueError(f"a and b must have the same feature dimension; got {sa.mu.shape[0]} and {sb.mu.shape[0]}")
+    for name, st in (("a", sa), ("b", sb)):
+        check_fid_samples(st.n, st.mu.shape[0], name=name)
     return frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
 
 
