@@ -135,8 +135,7 @@ def main(argv=None):
                             "bar_met": fid <= 2 * fid_ref})
             res.setdefault("tables", []).append(dict(title=f"FID, {n} Heun-18 samples vs {n} test images",
                                                      rows=[res["fid"]]))
-            print(f"\n| FID ({n} vs {n} test) | value |\n|---|---:|\n| Heun-18 samples | {fid:.2f} |\n"
-                  f"| train images | {fid_ref:.2f} |\n| ratio (bar ≤ 2) | {fid / fid_ref:.2f} |")
+            print("\n" + show([res["fid"]]))
     res["seconds"] = round(time.perf_counter() - t0, 1)
     record.write(f"reference_{model_dir.name}", rows, out=a.out, network=record.network(model_dir),
                  **describe(record.network(model_dir)["path"], a.data, len(x0)), **res)
