@@ -153,3 +153,18 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     g = import_graph(tmp_path, PACKAGE)
     assert internal_cycles(g, PACKAGE) == [["scorelab.a", "scorelab.b", "scorelab.c"]]
     assert layering_violations(g) == ["scorelab.models.m imports scorelab.commands", "scorelab.nets.n imports argparse"]
+
+
+def test_every_model_is_fitted_through_python_and_configured_in_commands():
+    """Each registered model kind has `Model.fit(data, ...)`, no CLI hooks of its own, and one entry (options +
+    builder) in commands/fit.py's table."""
+    import inspect
+
+    from scorelab.commands.fit import MODEL_OPTIONS
+    from scorelab.models import REGISTRY, model_class
+
+    assert set(MODEL_OPTIONS) == set(REGISTRY)
+    for kind in REGISTRY:
+        cls = model_class(kind)
+        assert inspect.ismethod(cls.fit) and cls.fit.__self__ is cls, kind
+        assert not hasattr(cls, "add_cli_arguments") and not hasattr(cls, "fit_from_cli"), kind
