@@ -110,3 +110,45 @@ def test_teleport_says_what_it_expects(capsys, gaussian_file, tmp_path, teleport
     assert f"--teleport {str(teleport)!r}" in line
     for needle in needles:
         assert needle in line, line
+
+
+# 8. `diagnose explained --help` and `suggest-skip --help` said "(default: train)"; the default is test.
+def _parsers(parser, path=()):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def _same(shown: str, default) -> bool:
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            return float(shown.replace(",", "").replace("_", "")) == float(default)
+        except ValueError:
+            return False
+    return shown == str(default)
+
+
+def test_help_shows_the_real_defaults():
+    import re
+
+    checked, wrong = 0, []
+    for path, parser in _parsers(cli.build_parser()):
+        for action in parser._actions:
+            m = re.search(r"\(default: ([^;)]+)\)", action.help or "")
+            if m is None or not action.option_strings:
+                continue
+            default = parser.get_default(action.dest)
+            if default is None:   # the help says in words what None means ("full rank", "auto", ...)
+                continue
+            checked += 1
+            if not _same(m.group(1).strip(), default):
+                wrong.append(f"scorelab {' '.join(path)} {action.option_strings[-1]}: help says {m.group(1)!r}, "
+                             f"default is {default!r}")
+    assert checked > 30 and not wrong, "\n".join(wrong)
+    help_text = {p: parser.format_help() for p, parser in _parsers(cli.build_parser())}
+    for diag in ("explained", "suggest-skip"):
+        assert "(default: test)" in " ".join(help_text["diagnose", diag].split())

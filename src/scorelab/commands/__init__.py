@@ -45,10 +45,10 @@ def check_steps(value: int, *, option: str = "--steps") -> int:
     return value
 
 
-def add_data_args(p, *, required: bool = True) -> None:
+def add_data_args(p, *, required: bool = True, split: str = "train") -> None:
     p.add_argument("--data", required=required, metavar="NAME|PATH",
                    help="data set name (see `scorelab data list`) or a path (.npy/.npz/folder of images)")
-    p.add_argument("--split", default="train", choices=["train", "test"], help="data split (default: train)")
+    p.add_argument("--split", default=split, choices=["train", "test"], help=f"data split (default: {split})")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N samples")
 
 

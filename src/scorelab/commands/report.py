@@ -68,8 +68,7 @@ def _common(p, *, reference_help: str) -> None:
     from . import add_data_args
 
     p.add_argument("--reference", required=True, metavar="PATH", help=reference_help)
-    add_data_args(p)
-    p.set_defaults(split="test")
+    add_data_args(p, split="test")     # held-out data by default
     p.add_argument("--n", type=int, default=256, help="held-out images used (default: 256)")
     p.add_argument("--steps", type=int, default=18, help="Karras grid steps (default: 18)")
     p.add_argument("--sigma-max", type=float, default=80.0)
