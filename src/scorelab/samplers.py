@@ -217,17 +217,18 @@ def dpmpp_2m(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=N
 
 @torch.no_grad()
 def dpmpp_3m(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, history=None,
-             reference_coefficients=False):
+             reference_coefficients=True):
     """DPM-Solver++(3M), deterministic (Lu et al. 2022, "DPM-Solver++", multistep third order, data prediction):
 
-        x_(i+1) = e^−h x_i + h φ_1(−h) D + h² φ_2(−h) D' + h³ φ_3(−h) D'',
+        x_(i+1) = e^−h x_i + h φ_1(−h) D + h² φ_2(−h) D' + c · h³ φ_3(−h) D'',
 
-    the exact integral of dx/dλ = D − x with D(λ) the quadratic through the last three (λ_j, D_j):
+    the integral of dx/dλ = D − x with D(λ) the quadratic through the last three (λ_j, D_j):
     D' = s_0 + D''·h_1/2, D'' = 2 (s_0 − s_1)/(h_1 + h_2), s_0 = (D_i − D_(i−1))/h_1, s_1 = (D_(i−1) − D_(i−2))/h_2.
-    The reference implementations (DPM-Solver's and diffusers' third-order multistep update, k-diffusion's
-    `sample_dpmpp_3m_sde` at eta = 0) weight the D'' term by half of this: exact only for linear D, so second
-    order. This version is exact for quadratic D and measured third order; `reference_coefficients=True` gives
-    the reference weighting (bench/samplers.py compares both).
+    Default (`reference_coefficients=True`, c = ½): the weighting of the reference implementations (DPM-Solver's
+    and diffusers' third-order multistep update, k-diffusion's `sample_dpmpp_3m_sde` at eta = 0); it is exact only
+    for linear D, so second order as the steps shrink, but it is the more accurate at practical step counts: on
+    the exact Gaussian problem its error at x(0) is 25–80 % below c = 1's at 5, 10, 20 and 40 Karras steps
+    (tests/test_samplers.py). `reference_coefficients=False` (c = 1): exact for quadratic D, measured third order.
     Warm-up with first and second order; a step to σ = 0 is x = D_i. `history` as in `dpmpp_2m`.
     NFE = number of steps."""
     model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
@@ -487,7 +488,7 @@ TRAITS = {
     "euler": Traits(stochastic=False, multistep=False, order=1),
     "heun": Traits(stochastic=False, multistep=False, order=2),
     "dpmpp_2m": Traits(stochastic=False, multistep=True, order=2),
-    "dpmpp_3m": Traits(stochastic=False, multistep=True, order=3),
+    "dpmpp_3m": Traits(stochastic=False, multistep=True, order=2),   # reference weighting (the default)
     "unipc": Traits(stochastic=False, multistep=True, order=3),
     "ipndm": Traits(stochastic=False, multistep=True, order=2),   # equal-step coefficients on Karras grids
     "edm_stochastic": Traits(stochastic=True, multistep=False, order=2),
