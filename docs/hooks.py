@@ -56,12 +56,20 @@ def cli_markdown() -> str:
             os.environ["COLUMNS"] = old
 
 
+# A card written for the repository names the project's design notes and the README, which are not part of the
+# site: on the site those become words, not file names.
+_OUTSIDE = [(re.compile(r"\(DESIGN\.md,\s+"), "(the project's protocol, "), (re.compile(r"DESIGN\.md's"), "the project's"),
+            (re.compile(r"\(DESIGN\.md bar\)"), "(the project's bar)"), (re.compile(r"DESIGN\.md"), "the project's design"),
+            (re.compile(r"\bmain README\b"), "documentation"), (re.compile(r"\bin the README\b"), "in the documentation")]
+
 # A model card links to files of the repository that are not pages of the site (scripts, JSON): show those as code.
 _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(((?!https?://|#)[^)\s]+)\)")
 
 
 def _card_markdown(card: Path, site_files: set[str], page_dir: str) -> str:
     text = card.read_text(encoding="utf-8")
+    for pattern, words in _OUTSIDE:
+        text = pattern.sub(words, text)
 
     def keep_or_flatten(m):
         label, target = m.group(1), m.group(2)
