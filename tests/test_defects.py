@@ -152,3 +152,42 @@ def test_help_shows_the_real_defaults():
     help_text = {p: parser.format_help() for p, parser in _parsers(cli.build_parser())}
     for diag in ("explained", "suggest-skip"):
         assert "(default: test)" in " ".join(help_text["diagnose", diag].split())
+
+
+# 2. --dtype float64 with a network model, and sl.load_model(...)(x.double(), 1.0): "Input type (double) and bias
+#    type (float) should be the same".
+@pytest.mark.parametrize("name", ["two-moons-mlp", "fashion-mnist-unet"])
+def test_network_accepts_float64_input(name):
+    import scorelab as sl
+
+    net = sl.load_model(REPO / "models" / name)
+    x = torch.randn(2, *net.shape_, generator=torch.Generator().manual_seed(0))
+    for sigma in (1.0, torch.tensor([0.5, 20.0])):
+        ref = net(x, sigma)                                   # float32 weights, float32 input
+        out = net(x.double(), sigma)                          # same weights, float64 input: computed in the weights' dtype
+        assert out.dtype == torch.float64 and out.shape == x.shape
+        torch.testing.assert_close(out, ref.double(), rtol=1e-5, atol=1e-5)
+    net64 = sl.load_model(REPO / "models" / name, dtype=torch.float64)   # converted: float64 throughout
+    out64 = net64(x.double(), 1.0)
+    assert out64.dtype == torch.float64 and net(x.float(), 1.0).dtype == torch.float32
+    torch.testing.assert_close(out64, net(x, 1.0).double(), rtol=1e-4, atol=1e-4)
+
+
+def test_sample_dtype_float64_with_a_network(capsys, tmp_path):
+    import json
+
+    import numpy as np
+
+    argv = ["sample", "--model", REPO / "models" / "two-moons-mlp", "--n", 8, "--steps", 4, "--no-progress",
+            "--out", tmp_path / "s.png"]
+    assert cli.main([str(a) for a in [*argv, "--dtype", "float64", "--save-samples", tmp_path / "s64.npy"]]) == 0
+    assert json.loads(capsys.readouterr().out)["dtype"] == "float64"
+    assert cli.main([str(a) for a in [*argv, "--save-samples", tmp_path / "s32.npy"]]) == 0
+    s64, s32 = np.load(tmp_path / "s64.npy"), np.load(tmp_path / "s32.npy")
+    import scorelab as sl
+
+    net64 = sl.load_model(REPO / "models" / "two-moons-mlp", dtype=torch.float64)   # the network run in float64
+    ref = sl.sample(net64, n=8, shape=net64.shape_, sigmas=sl.schedules.karras(4), solver="heun", seed=0,
+                    dtype=torch.float64).images
+    np.testing.assert_allclose(s64, ref.float().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s32, s64, rtol=1e-3, atol=1e-3)              # same noise, coarser arithmetic

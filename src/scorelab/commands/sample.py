@@ -129,7 +129,7 @@ def _run(args) -> int:
 
     dtype = torch_dtype(args.dtype)
     check_steps(args.steps)
-    model = load_denoiser(args.model, device=args.device)
+    model = load_denoiser(args.model, device=args.device, dtype=dtype if args.dtype == "float64" else None)
     shape = getattr(model, "shape_", None)
     if args.shape:
         try:

@@ -114,7 +114,8 @@ class EDMPrecond(nn.Module):
             if (class_labels < 0).any() or (class_labels > self.n_classes).any():
                 raise ValueError(f"class_labels must be in [0, {self.n_classes}] ({self.n_classes} = no label); "
                                  "got values outside")
-        dt = x.dtype
-        f = self.net((c_in.to(dt) * x), c_noise.to(dt), class_labels)
+        dt = x.dtype   # the output's dtype; F runs in its weights' dtype (float64 input to a float32 net works)
+        wt = next((t.dtype for t in self.net.parameters() if t.is_floating_point()), dt)
+        f = self.net((c_in.to(dt) * x).to(wt), c_noise.to(wt), class_labels)
         skip = self.gaussian_denoiser(x, s).to(dt) if self.skip == "gaussian" else c_skip.to(dt) * x
         return skip + c_out.to(dt) * f.to(dt)
