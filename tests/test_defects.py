@@ -191,3 +191,11 @@ def test_sample_dtype_float64_with_a_network(capsys, tmp_path):
                     dtype=torch.float64).images
     np.testing.assert_allclose(s64, ref.float().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(s32, s64, rtol=1e-3, atol=1e-3)              # same noise, coarser arithmetic
+
+
+# 7. --sigma-skip 1000 (above the grid's σ_max = 80): exit 0 and silently no teleport.
+def test_sigma_skip_above_the_grid_is_one_line(capsys, gaussian_file, tmp_path):
+    line = cli_error(capsys, "sample", "--model", gaussian_file, "--teleport", gaussian_file, "--sigma-skip", 1000,
+                     "--n", 2, "--steps", 4, "--no-progress", "--out", tmp_path / "s.png")
+    assert "sigma_skip must be <= sigmas[0] = 80" in line and "got 1000" in line
+    assert not (tmp_path / "s.png").exists()
