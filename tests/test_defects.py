@@ -199,3 +199,15 @@ def test_sigma_skip_above_the_grid_is_one_line(capsys, gaussian_file, tmp_path):
                      "--n", 2, "--steps", 4, "--no-progress", "--out", tmp_path / "s.png")
     assert "sigma_skip must be <= sigmas[0] = 80" in line and "got 1000" in line
     assert not (tmp_path / "s.png").exists()
+
+
+# The README's report example with the Fashion-MNIST Gaussian on digits failed obscurely (deep in the diagnostics).
+def test_report_model_data_shape_mismatch_is_one_line(capsys, tmp_path):
+    import scorelab as sl
+
+    g28 = tmp_path / "fm-gaussian.safetensors"       # a Gaussian on 28×28 images, as `fit gaussian --data fashion-mnist`
+    sl.Gaussian.fit(torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1).save(g28)
+    line = cli_error(capsys, "report", "--model", g28, "--data", "digits", "--out", tmp_path / "r.html",
+                     "--features", "pixels", "--n-fit", 200, "--n-eval", 8, "--fid-samples", 8, "--steps", 4)
+    assert "sample shape (1, 28, 28)" in line and "'digits'" in line and "(1, 8, 8)" in line, line
+    assert not (tmp_path / "r.html").exists()

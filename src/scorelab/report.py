@@ -206,6 +206,11 @@ def build_report(model, data: str, out, *, n_fit: int | None = 10000, n_eval: in
     if train.ndim != 4:
         raise ValueError(f"data {data!r} must hold images [N, C, H, W]; got shape {tuple(train.shape)}")
     shape = tuple(train.shape[1:])
+    den_shape = getattr(den, "shape_", None)
+    if den_shape is not None and tuple(den_shape) != shape:
+        named = lambda v: f" {str(v)!r}" if isinstance(v, (str, Path)) else ""   # noqa: E731
+        raise ValueError(f"model{named(model)} has sample shape {tuple(den_shape)} but data{named(data)} has images "
+                         f"of shape {shape}: fit or train the model on this data set")
     grid = sl.schedules.karras(steps, sigma_min=sigma_min, sigma_max=sigma_max)
 
     # 1. explained variance of analytic models against M
