@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_tensor
+
 __all__ = ["ByClass", "class_indices"]
 
 
@@ -80,9 +82,10 @@ class ByClass:
         """Call `method` of each class's model on its rows of x (rows along `batch_dim` of the result); None when
         class_labels is None (the caller then uses the pooled model). The first `row_args` of `args` are per-row
         (σ as [B]: restricted to the class's rows); the others pass unchanged (e.g. a σ grid)."""
-        labels = self._labels(class_labels, x.shape[0])
-        if labels is None:
+        if class_labels is None:        # the pooled model, which checks x itself
             return None
+        check_tensor(x, name="x", finite=False)     # a list or an int tensor: the error names x
+        labels = self._labels(class_labels, x.shape[0])
         out = None
         for c in labels.unique().tolist():
             rows = (labels == c).nonzero().reshape(-1)
