@@ -861,7 +861,8 @@ def sample(prior_or_denoiser, op: Operator, y, sigma_y: float, method: str = "ex
     method="pigdm" | "dmps": `PosteriorDenoiser` (ΠGDM / DMPS) handed to a scorelab sampler (`solver`, default
       "euler_ancestral", the DDPM-like sampler of the papers; `solver_opts` go to it), any denoiser D(x, σ, **cond).
     method="dps": DPS's algorithm (see `_dps`): `zeta`, `solver` "euler_ancestral" (default) or "euler".
-    method="smc": the Feynman–Kac corrector of `scorelab.smc` when that module provides a posterior sampler.
+    method="smc": Feynman–Kac correctors (`scorelab.smc.posterior_sample`; `solver_opts` such as particles= go
+      to it; its default dtype is float32).
 
     `sigmas`: the σ grid (default `schedules.karras(50)`); the start is x = σ_0 · initial_noise(n, shape, seed).
     `shape`: the sample shape (default: the denoiser's `shape_`, else inferred from y through the operator).
@@ -883,7 +884,7 @@ def sample(prior_or_denoiser, op: Operator, y, sigma_y: float, method: str = "ex
         return InverseResult(out, method, seconds=time.perf_counter() - t0, seed=seed)
     if method == "smc":
         return _smc(prior_or_denoiser, op, y, sigma_y, n=n, sigmas=sigmas, seed=seed, extra_args=extra_args,
-                    device=device, dtype=dtype)
+                    shape=shape, device=device, dtype=dtype, t0=t0, **solver_opts)
     denoiser = check_denoiser(prior_or_denoiser, name="prior_or_denoiser")
     cond = check_extra_args(extra_args)
     device = torch.device(device) if device is not None else device_of(denoiser)
@@ -929,8 +930,10 @@ def sample(prior_or_denoiser, op: Operator, y, sigma_y: float, method: str = "ex
                          seed=seed, seconds=time.perf_counter() - t0, solver=solver, options=options)
 
 
-def _smc(prior_or_denoiser, op, y, sigma_y, **kwargs):
-    """method="smc": delegated to `scorelab.smc` (Feynman–Kac correctors) when it provides a posterior sampler."""
+def _smc(prior_or_denoiser, op, y, sigma_y, *, n, sigmas, seed, extra_args, shape, device, dtype, t0, **opts):
+    """method="smc": Feynman–Kac correctors, `scorelab.smc.posterior_sample` (K = `particles` per sample; options
+    such as particles=, kappa=, eta=, resample_window=, ess_threshold= go to it). nfe: denoiser calls along one
+    particle's path; the cost per returned sample is K times that (`options["cost"]`)."""
     try:
         from . import smc
     except ImportError:
@@ -939,7 +942,13 @@ def _smc(prior_or_denoiser, op, y, sigma_y, **kwargs):
     if fn is None:
         raise NotImplementedError("method='smc' needs scorelab.smc's posterior sampler (scorelab.smc."
                                   "posterior_sample), which this installation does not provide yet")
-    return fn(prior_or_denoiser, op, y, sigma_y, **kwargs)
+    kwargs = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
+    res = fn(prior_or_denoiser, op, y, sigma_y, n=n, shape=shape, sigmas=sigmas, seed=seed, extra_args=extra_args,
+             **kwargs, **opts)
+    options = {k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool))}
+    options.update(particles=res.n_particles, cost=res.cost, min_ess=float(res.ess.min()) if res.ess.numel() else None)
+    return InverseResult(res.samples, "smc", nfe=res.nfe, nfe_grad=0, sigmas=res.sigmas, seconds=time.perf_counter() - t0,
+                         seed=seed, solver="smc", options=options)
 
 
 # ============================================================================================== image quality
