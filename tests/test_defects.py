@@ -211,3 +211,43 @@ def test_report_model_data_shape_mismatch_is_one_line(capsys, tmp_path):
                      "--features", "pixels", "--n-fit", 200, "--n-eval", 8, "--fid-samples", 8, "--steps", 4)
     assert "sample shape (1, 28, 28)" in line and "'digits'" in line and "(1, 8, 8)" in line, line
     assert not (tmp_path / "r.html").exists()
+
+
+# Also: progress bars printed blank lines (carriage-return redraws) when stderr was not a terminal.
+class _Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal():
+    import io
+
+    from scorelab._io import progress_bar
+
+    for stream, shown in ((io.StringIO(), False), (_Terminal(), True)):
+        assert sum(progress_bar(range(5), desc="steps", file=stream)) == 10
+        assert ("steps" in stream.getvalue()) is shown and (stream.getvalue() == "") is not shown
+    quiet = _Terminal()
+    assert list(progress_bar(range(3), desc="steps", file=quiet, enabled=False)) == [0, 1, 2]
+    assert quiet.getvalue() == ""
+
+
+def test_every_progress_bar_goes_through_the_helper():
+    import ast
+
+    src = REPO / "src" / "scorelab"
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        if path == src / "_io.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(src)}:{node.lineno}" for n in names if n.split(".")[0] == "tqdm"]
+    assert not offenders, f"tqdm imported outside scorelab._io.progress_bar: {offenders}"
+
+
+def test_cli_progress_writes_nothing_to_a_log(capsys, gaussian_file, tmp_path):
+    assert cli.main(["sample", "--model", str(gaussian_file), "--n", "2", "--steps", "30",
+                     "--out", str(tmp_path / "s.png")]) == 0
+    assert capsys.readouterr().err == ""

@@ -1,4 +1,4 @@
-"""Atomic file writing and the safetensors + JSON-header format of fitted models and checkpoints."""
+"""Atomic file writing, the safetensors + JSON-header format of fitted models and checkpoints, progress bars."""
 from __future__ import annotations
 
 import contextlib
@@ -73,3 +73,19 @@ def load_state(path, *, kind: str | None = None, device=None):
     if device is not None:
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, meta.get("kind"), json.loads(meta.get("config", "{}"))
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, file=None, **kwargs):
+    """The project's one way to make a tqdm bar: drawn on `file` (stderr) only when `enabled` and that stream is a
+    terminal (or a notebook runs tqdm.auto's widget). Redirected to a file or a pipe (CI logs, `2> log`) the bar's
+    carriage-return redraws read as blank lines, so it is disabled there. Redraws at most every 0.5 s."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = sys.stderr if file is None else file
+    isatty = getattr(stream, "isatty", None)
+    notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
+    shown = enabled and (notebook or callable(isatty) and bool(isatty()))
+    kwargs.setdefault("mininterval", 0.5)
+    return tqdm(iterable, file=stream, disable=not shown, **kwargs)

@@ -84,7 +84,7 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
     `model`: a denoiser, or a dict name → denoiser (the reference is then evaluated once per batch for all).
     `data`: clean held-out samples [N, *shape] (the first `n` are used); `sigmas`: noise levels > 0 (a schedule's
     final 0 is dropped). Rows: {sigma, model, ev_score, ev_denoiser, r2_median, mse}."""
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     models = _as_models(model)
     if not callable(reference):
@@ -97,7 +97,7 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
     device = torch.device(device) if device is not None else data.device
     n_img, dim = data.shape[0], data[0].numel()
     rows = Table()
-    bar = tqdm(total=len(levels) * n_img, desc="explained variance", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(levels) * n_img, desc="explained variance", unit="img", enabled=progress, leave=False)
     for j, sigma in enumerate(levels):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
         err = {name: torch.zeros((), dtype=torch.float64) for name in models}
@@ -308,11 +308,11 @@ def calibrate_patch_size(model_family, reference, data, sigmas, *, patch_sizes=(
     batch_size = check_positive_int(batch_size, name="batch_size")
     models = {p: make(p) for p in sizes}
 
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     gen = torch.Generator().manual_seed(int(seed))
     r2 = torch.empty(len(sig), len(sizes), dtype=torch.float64)
-    bar = tqdm(total=len(sig) * len(sizes), desc="calibrate patch size", disable=not progress)
+    bar = progress_bar(total=len(sig) * len(sizes), desc="calibrate patch size", enabled=progress)
     for i, s in enumerate(sig):
         x = data + s * torch.randn(data.shape, generator=gen, dtype=data.dtype)
         ref = torch.cat([reference(x[a:a + batch_size], s) for a in range(0, x.shape[0], batch_size)])

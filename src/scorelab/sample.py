@@ -175,9 +175,9 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     n_batches = math.ceil(n / batch_size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ._io import progress_bar
 
-        bar = tqdm(total=n_batches * (len(grid) - 1 - k), desc=f"sample {solver_name}", unit="step", leave=False)
+        bar = progress_bar(total=n_batches * (len(grid) - 1 - k), desc=f"sample {solver_name}", unit="step", leave=False)
     images, nfe_per_batch, inner_per_batch = [], [], []
     try:
         for b in range(n_batches):

@@ -174,9 +174,9 @@ def _run(args) -> int:
         opts["solver"] = args.solver
     bar = None
     if args.method in ("dps", "pigdm", "dmps") and not args.no_progress:
-        from tqdm.auto import tqdm
+        from .._io import progress_bar
 
-        bar = tqdm(total=args.steps, desc=f"restore {args.method}", unit="step")
+        bar = progress_bar(total=args.steps, desc=f"restore {args.method}", unit="step")
         opts["callback"] = lambda info: bar.update(1)
     try:
         result = inverse.sample(model, op, y, args.sigma_y, args.method, n=args.n, seed=args.seed,

@@ -86,9 +86,9 @@ def load_folder(path, split: str = "train", *, labels: bool = False, size=None, 
         files = files[:limit]
         y = y[:limit] if y is not None else None
     out = None
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
-    for k, f in enumerate(tqdm(files, desc="images", unit="img", disable=len(files) < 2000 or None)):
+    for k, f in enumerate(progress_bar(files, desc="images", unit="img", enabled=len(files) >= 2000)):
         try:
             with Image.open(f) as img:
                 img.load()

@@ -130,11 +130,11 @@ def train_classifier(images, labels, *, epochs: int = 3, batch_size: int = 128, 
     total = epochs * per_epoch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
     model.train()
     losses, t0, step = [], time.perf_counter(), 0
-    bar = tqdm(total=total, desc="classifier", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc="classifier", unit="step", enabled=progress, leave=False)
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         flips = torch.rand(n, generator=gen) < 0.5
@@ -166,11 +166,11 @@ def train_classifier(images, labels, *, epochs: int = 3, batch_size: int = 128, 
 
 @torch.inference_mode()
 def _batched(fn, images: torch.Tensor, batch_size: int, device, width: int, dtype, progress: bool, desc: str):
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
     out = torch.empty(images.shape[0], width, dtype=dtype)
     starts = range(0, images.shape[0], batch_size)
-    for i in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2, leave=False):
+    for i in progress_bar(starts, desc=desc, unit="batch", enabled=progress and len(starts) >= 2, leave=False):
         batch = quantize(images[i:i + batch_size].to(device=device, dtype=torch.float32))
         out[i:i + batch.shape[0]] = fn(batch).to(dtype).cpu()
     return out

@@ -184,7 +184,7 @@ def fid_difference(feats_a, feats_b, feats_ref, *, n_boot: int = 100, level: flo
     index set with replacement and uses it for both a and b (and, with `resample_ref=True`, an independent one
     for the reference); the interval is the percentile interval at `level`. Cost per round: two D×D
     eigendecompositions (≈ 2–3 s for D = 2048 on two cores)."""
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
     fa = check_features(feats_a, name="feats_a")
     fb = check_features(feats_b, name="feats_b")
@@ -212,7 +212,7 @@ def fid_difference(feats_a, feats_b, feats_ref, *, n_boot: int = 100, level: flo
 
     fid_a, fid_b = fd_pair(None, None)
     diffs = []
-    for _ in tqdm(range(n_boot), desc="bootstrap", disable=not progress, leave=False):
+    for _ in progress_bar(range(n_boot), desc="bootstrap", enabled=progress, leave=False):
         ia = torch.randint(fa.shape[0], (fa.shape[0],), generator=gen)
         ir = torch.randint(fr.shape[0], (fr.shape[0],), generator=gen) if resample_ref else None
         da, db = fd_pair(ia, ir)

@@ -90,11 +90,11 @@ class InceptionFeatures:
     @torch.inference_mode()
     def from_pixels(self, pixels: torch.Tensor, *, progress: bool = True, desc: str = "inception") -> torch.Tensor:
         """Features of uint8 pixel batches [N, C, H, W] (see `quantize`)."""
-        from tqdm.auto import tqdm
+        from .._io import progress_bar
 
         out = torch.empty(pixels.shape[0], FEATURE_DIM, dtype=torch.float32)
         starts = range(0, pixels.shape[0], self.batch_size)
-        for i in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2, leave=False):
+        for i in progress_bar(starts, desc=desc, unit="batch", enabled=progress and len(starts) >= 2, leave=False):
             # channels-last: oneDNN's convolutions run ~1.3× faster on the CPU (features equal to ~1e-5)
             batch = preprocess(pixels[i:i + self.batch_size].to(self.device)).contiguous(
                 memory_format=torch.channels_last)

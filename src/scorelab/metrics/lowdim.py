@@ -40,9 +40,9 @@ def _pair(a, b, min_samples: int = 1):
 
 
 def _bar(total: int, progress: bool, desc: str):
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    return progress_bar(total=total, desc=desc, enabled=progress, leave=False)
 
 
 def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, p: float = 2.0) -> torch.Tensor:

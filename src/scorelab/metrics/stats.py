@@ -91,14 +91,14 @@ def _sha1(t: torch.Tensor) -> str:
 def cached_image_features(images: torch.Tensor, *, batch_size: int = 16, device=None, progress: bool = True,
                           desc: str = "inception") -> torch.Tensor:
     """Inception features [N, 2048] of images in [−1, 1], computed once per block and cached on disk."""
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
     pixels = quantize(check_images(images)).cpu()
     net = default_extractor(device, batch_size)
     folder = cache_dir() / "features" / net.sha1_[:12]
     out = []
     blocks = range(0, pixels.shape[0], BLOCK)
-    bar = tqdm(total=pixels.shape[0], desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=pixels.shape[0], desc=desc, unit="img", enabled=progress, leave=False)
     for i in blocks:
         block = pixels[i:i + BLOCK]
         path = folder / f"{_sha1(block)}.safetensors"

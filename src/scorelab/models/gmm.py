@@ -126,8 +126,8 @@ class GMM(ByClass):
         params = _m_step(x, resp, covariance, rank, reg_covar, resp_floor, None)
         history, converged = [], False
         try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=max_iter, desc=f"EM K={K} {covariance}", disable=not progress)
+            from .._io import progress_bar
+            bar = progress_bar(total=max_iter, desc=f"EM K={K} {covariance}", enabled=progress)
         except ImportError:
             bar = None
         for it in range(max_iter):

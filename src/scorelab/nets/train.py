@@ -232,7 +232,7 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     checkpoint and config.json. A resumed run ignores `init` unless it names a different file (ValueError).
     `device` (default CPU; e.g. "cuda") is where the network lives; each batch's random draws are made on the CPU
     from the step's generator, so a run gives the same batches on any device."""
-    from tqdm.auto import tqdm
+    from .._io import progress_bar
 
     from . import arch_config, build
 
@@ -280,7 +280,7 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
     order = _BatchOrder(data.shape[0], cfg.batch_size, cfg.seed)
     start = meta["step"]
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train",
+    bar = progress_bar(range(start, cfg.steps), initial=start, total=cfg.steps, enabled=progress, desc="train",
                unit="step", dynamic_ncols=True)
     log, t_last = _LossLog(meta["history"], cfg.log_every, cfg.steps, bar), time.perf_counter()
     model.train()
