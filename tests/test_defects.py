@@ -251,3 +251,22 @@ def test_cli_progress_writes_nothing_to_a_log(capsys, gaussian_file, tmp_path):
     assert cli.main(["sample", "--model", str(gaussian_file), "--n", "2", "--steps", "30",
                      "--out", str(tmp_path / "s.png")]) == 0
     assert capsys.readouterr().err == ""
+
+
+# Also: the demo's grids had no titles.
+def test_grid_title_is_drawn_above_the_unchanged_grid(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from scorelab.images import save_grid
+
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    save_grid(x, tmp_path / "plain.png", scale=3)
+    for title in ("Heun 18", "a title much wider than the 126-pixel grid it describes, so the canvas widens"):
+        save_grid(x, tmp_path / "titled.png", scale=3, title=title)
+        plain, titled = (np.asarray(Image.open(tmp_path / f)) for f in ("plain.png", "titled.png"))
+        band = titled.shape[0] - plain.shape[0]
+        assert band > 8 and titled.shape[1] >= plain.shape[1]
+        left = (titled.shape[1] - plain.shape[1]) // 2
+        np.testing.assert_array_equal(titled[band:, left:left + plain.shape[1]], plain)   # the grid itself, as before
+        assert titled[:band].min() < 100 and (titled[band:, :left] == 255).all()          # text in the band only

@@ -33,14 +33,38 @@ def make_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.
     return grid
 
 
-def save_grid(x: torch.Tensor, path, nrow: int | None = None, padding: int = 2, scale: int = 1) -> None:
-    """Write a PNG grid of images in [-1, 1], atomically; `scale` enlarges pixels (nearest)."""
+def add_title(img, title: str, size: int = 12):
+    """`img` (a PIL image) below a white band holding `title` in black; the canvas widens (grid centred) when the
+    title is wider than the image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:   # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    left, top, right, bottom = ImageDraw.Draw(img).textbbox((0, 0), title, font=font)
+    margin = max(2, size // 3)
+    band = bottom + 2 * margin
+    width = max(img.width, right - left + 2 * margin)
+    canvas = Image.new(img.mode, (width, img.height + band), 255 if img.mode == "L" else (255, 255, 255))
+    canvas.paste(img, ((width - img.width) // 2, band))
+    ImageDraw.Draw(canvas).text(((width - (right - left)) // 2 - left, margin), title, fill=0 if img.mode == "L"
+                                else (0, 0, 0), font=font)
+    return canvas
+
+
+def save_grid(x: torch.Tensor, path, nrow: int | None = None, padding: int = 2, scale: int = 1,
+              title: str | None = None) -> None:
+    """Write a PNG grid of images in [-1, 1], atomically; `scale` enlarges pixels (nearest); `title` is drawn in a
+    band above the grid."""
     from PIL import Image
 
     grid = make_grid(x, nrow=nrow, padding=padding)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if title:
+        img = add_title(img, title)
     with atomic_path(path, ".png") as tmp:
         img.save(tmp, format="PNG")
 
