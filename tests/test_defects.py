@@ -270,3 +270,21 @@ def test_grid_title_is_drawn_above_the_unchanged_grid(tmp_path):
         left = (titled.shape[1] - plain.shape[1]) // 2
         np.testing.assert_array_equal(titled[band:, left:left + plain.shape[1]], plain)   # the grid itself, as before
         assert titled[:band].min() < 100 and (titled[band:, :left] == 255).all()          # text in the band only
+
+
+# Also: pyproject.toml's `license = {text = "MIT"}` printed setuptools' deprecation banner at every install.
+def test_pyproject_configures_without_deprecation_warnings():
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), REPO / "pyproject.toml")
+    assert [str(w.message).splitlines()[0] for w in caught] == []
+    assert dist.metadata.license_expression == "MIT"
+    import re
+
+    build = re.search(r"\[build-system\]\s*requires\s*=\s*\[([^\]]*)\]", (REPO / "pyproject.toml").read_text())
+    assert '"setuptools>=77"' in build.group(1)   # the first setuptools that reads an SPDX license string
