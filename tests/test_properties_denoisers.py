@@ -214,10 +214,7 @@ def test_network_denoiser(name, data):
             _close(out, _one_at_a_time(net, x, per_sample, **cond), x)
 
 
-@pytest.mark.xfail(strict=True, reason="found by test_network_denoiser: EDMPrecond.forward (nets/precond.py) does not "
-                   "check x's dtype, so integer x fails inside the network with torch's RuntimeError ('mat1 and "
-                   "mat2 must have the same dtype, but got Long and Float') instead of a TypeError naming x")
-@pytest.mark.parametrize("name", ["mlp", "unet"])
+@pytest.mark.parametrize("name", ["mlp", "unet"])   # found by test_network_denoiser: integer x raised torch's RuntimeError
 def test_network_denoiser_refuses_integer_x(name):
     net = NETS[name]
     with pytest.raises(TypeError, match="x"):
