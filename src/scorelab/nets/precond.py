@@ -100,6 +100,8 @@ class EDMPrecond(nn.Module):
         return torch.where(s2 == 0, xf, gaussian_denoiser(xf, s2, mu, lam, u)).reshape(x.shape)
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            raise TypeError(f"x must be a floating-point tensor; got {getattr(x, 'dtype', type(x).__name__)}")
         if x.shape[1:] != self.shape_:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape_))}]; got {tuple(x.shape)}")
         s = sigma_view(sigma, x).to(torch.float64)
