@@ -186,10 +186,10 @@ def test_energy_distance_matches_scipy_in_1d():
     assert energy_distance(a, b, chunk=16) == pytest.approx(ref, rel=1e-10)
 
 
-def test_energy_distance_bounds_cost_and_memory(monkeypatch, capsys):
+def test_energy_distance_bounds_cost_and_memory(monkeypatch):
     """Sets above max_samples are subsampled (seeded, without replacement: the same value as the exact statistic on
     those subsets); distances are computed in chunk × chunk blocks; above EXACT_DIM dimensions the GEMM form agrees
-    with the coordinate-wise sum; progress=True draws a bar."""
+    with the coordinate-wise sum; progress=True asks for a bar over the blocks."""
     from scorelab.metrics import lowdim
 
     g = torch.Generator().manual_seed(21)
@@ -201,12 +201,15 @@ def test_energy_distance_bounds_cost_and_memory(monkeypatch, capsys):
     assert energy_distance(a, b, max_samples=100, seed=7) == pytest.approx(want, rel=1e-12)
     assert energy_distance(a, b, max_samples=300) == energy_distance(a, b, max_samples=None)  # nothing to drop
 
-    shapes = []
-    cdist = torch.cdist
+    import scorelab._io
+
+    shapes, bars = [], []
+    cdist, progress_bar = torch.cdist, scorelab._io.progress_bar
     monkeypatch.setattr(torch, "cdist", lambda x, y, **kw: shapes.append((len(x), len(y))) or cdist(x, y, **kw))
+    monkeypatch.setattr(scorelab._io, "progress_bar", lambda **kw: bars.append(kw) or progress_bar(**kw))
     energy_distance(a, b, chunk=64, progress=True)
     assert max(max(s) for s in shapes) == 64 and len(shapes) == 5 * 4 + 5 * 5 + 4 * 4
-    assert "energy distance" in capsys.readouterr().err
+    assert [(kw["desc"], kw["total"], kw["enabled"]) for kw in bars] == [("energy distance", len(shapes), True)]
     monkeypatch.undo()
 
     x, y = torch.randn(120, 64, generator=g, dtype=torch.float64), torch.randn(90, 64, generator=g, dtype=torch.float64)
