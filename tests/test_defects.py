@@ -288,3 +288,30 @@ def test_pyproject_configures_without_deprecation_warnings():
 
     build = re.search(r"\[build-system\]\s*requires\s*=\s*\[([^\]]*)\]", (REPO / "pyproject.toml").read_text())
     assert '"setuptools>=77"' in build.group(1)   # the first setuptools that reads an SPDX license string
+
+
+# Also (CLI side): `sl.metrics.fid` silently computed FID on 10 samples; `metrics fid` now warns, in one line.
+def test_metrics_fid_on_few_samples_warns_in_one_line(capsys, tmp_path):
+    import json
+
+    import numpy as np
+
+    np.save(tmp_path / "s10.npy", np.linspace(-1, 1, 10 * 64, dtype=np.float32).reshape(10, 1, 8, 8))
+    capsys.readouterr()
+    assert cli.main(["metrics", "fid", "--samples", str(tmp_path / "s10.npy"), "--data", "digits",
+                     "--features", "pixels"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n_samples"] == 10
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scorelab metrics: warning: FID from 10 samples in --samples "
+                                                   "with 64-dimensional features"), err
+    assert "128" in lines[0]                     # the documented minimum, 2·D
+
+
+# 6 (CLI side): metrics lowdim with samples of another dimension than the data: one line naming both shapes.
+def test_metrics_lowdim_dimension_mismatch_is_one_line(capsys, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "s64.npy", np.zeros((64, 2), np.float32))
+    line = cli_error(capsys, "metrics", "lowdim", "--samples", tmp_path / "s64.npy", "--data", "digits")
+    assert "(2,)" in line and "(1, 8, 8)" in line and "--data" in line

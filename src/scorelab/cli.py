@@ -33,7 +33,17 @@ class CLIError(Exception):
     """Raised by commands for bad input: printed as one line, exit status 2."""
 
 
+def _warning_line(command: str):
+    """warnings.showwarning printing one line, `scorelab COMMAND: warning: ...` (no file name, no source line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()
+        print(f"scorelab {command}: warning: {text[0] if text else category.__name__}", file=sys.stderr)
+    return show
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -41,7 +51,9 @@ def main(argv=None) -> int:
             from .commands import check_device
 
             check_device(args.device)
-        status = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line(args.command)
+            status = args.func(args)
     except KeyboardInterrupt:
         print("scorelab: interrupted", file=sys.stderr)
         return 130

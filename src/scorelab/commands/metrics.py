@@ -70,7 +70,7 @@ def _features(x, args, desc):
 
 
 def _run_fid(args) -> int:
-    from ..metrics.frechet import fd_inf, feature_stats, frechet_distance
+    from ..metrics.frechet import check_fid_samples, fd_inf, feature_stats, frechet_distance
     from ..metrics.kid import kid
     from ..metrics.precision_recall import precision_recall
 
@@ -79,6 +79,8 @@ def _run_fid(args) -> int:
     if tuple(samples.shape[1:]) != tuple(ref.shape[1:]):
         raise ValueError(f"samples have image size {tuple(samples.shape[1:])} but --data has {tuple(ref.shape[1:])}")
     fs, fr = _features(samples, args, "samples"), _features(ref, args, "data")
+    for name, feats in (("--samples", fs), ("--data", fr)):   # a warning line below 2·D samples
+        check_fid_samples(feats.shape[0], feats.shape[1], name=name)
     sr = feature_stats(fr)
     result = {"samples": args.samples, "data": args.data, "split": args.split, "features": args.features,
               "n_samples": int(fs.shape[0]), "n_data": int(fr.shape[0])}
