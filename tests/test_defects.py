@@ -36,6 +36,17 @@ def test_unusable_device_is_one_line(capsys, gaussian_file, tmp_path, device):
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.parametrize("command", [["train", "--data", "digits", "--out", "{tmp}/run", "--steps", "1"],
+                                     ["report", "--model", "{g}", "--data", "digits", "--out", "{tmp}/r.html"],
+                                     ["diagnose", "explained", "--reference", "{g}", "--model", "{g}", "--data",
+                                      "digits"],
+                                     ["metrics", "stats", "--data", "digits"]])
+def test_every_device_option_is_checked(capsys, gaussian_file, tmp_path, command):
+    line = cli_error(capsys, *[a.format(g=gaussian_file, tmp=tmp_path) for a in command], "--device", "bogus")
+    assert "--device 'bogus' is not a device this machine can use (available: cpu" in line
+    assert not list(tmp_path.iterdir())
+
+
 # 3. --steps 1000000000: an 8 GB allocation, then the OOM killer. 4. --steps 0 said "n must be >= 1".
 @pytest.mark.parametrize("name", ["karras", "exponential", "logsnr_uniform", "vp_linear", "vp_cosine"])
 @pytest.mark.parametrize("n", [100_001, 1_000_000_000])
