@@ -55,25 +55,32 @@ def _chunk(args) -> dict:
     return {} if getattr(args, "chunk_size", None) is None else {"chunk_size": args.chunk_size}
 
 
+def _labels(args) -> dict:
+    """labels= for a class-conditional fit (--labels: the data set's labels, read by _run), else nothing."""
+    labels = getattr(args, "label_values", None)
+    return {} if labels is None else {"labels": labels}
+
+
 def _build_gaussian(data, args):
     import torch
 
     return Gaussian.fit(data, rank=args.rank, dtype=torch.float32 if args.float32 else torch.float64,
-                        device=getattr(args, "device", None))
+                        device=getattr(args, "device", None), **_labels(args))
 
 
 def _build_gmm(data, args):
     return GMM.fit(data, args.n_components, args.covariance, args.rank, max_iter=args.max_iter,
-                   reg_covar=args.reg_covar, seed=getattr(args, "seed", 0), progress=True, **_device(args))
+                   reg_covar=args.reg_covar, seed=getattr(args, "seed", 0), progress=True, **_device(args),
+                   **_labels(args))
 
 
 def _build_empirical(data, args):
-    return Empirical(data, flip=args.flip, **_chunk(args), **_device(args))
+    return Empirical(data, flip=args.flip, **_chunk(args), **_device(args), **_labels(args))
 
 
 def _build_knn(data, args):
     return KNN(data, k=args.k, n_random=args.n_random, index=args.index, nprobe=args.nprobe,
-               seed=getattr(args, "seed", 0), **_device(args))
+               seed=getattr(args, "seed", 0), **_device(args), **_labels(args))
 
 
 def _build_cfdm(data, args):
@@ -94,6 +101,10 @@ def _build_wiener(data, args):
                   **_chunk(args), **_device(args))
 
 
+_LABELS = _arg("--labels", action="store_true",
+               help="class-conditional: also fit one model per class of the data set's labels (a named data set "
+                    "with labels); sample it with `scorelab sample --class`")
+
 # kind → (its options, build(data, args) -> fitted model). `--data`, `--out`, `--seed`, `--device`, `--dtype`
 # are common to every kind; a model that draws random numbers takes `--seed` as its seed.
 MODEL_OPTIONS = {
@@ -102,6 +113,7 @@ MODEL_OPTIONS = {
              help="keep the top R eigenpairs; the rest become one isotropic residual variance (default: full rank)"),
         _arg("--float32", action="store_true",
              help="store the fitted model in float32 (statistics are always accumulated in float64)"),
+        _LABELS,
     ), _build_gaussian),
     "gmm": ((
         _arg("--n-components", type=int, default=10, help="mixture components K (default: 10)"),
@@ -109,10 +121,12 @@ MODEL_OPTIONS = {
         _arg("--rank", type=int, default=None, help="rank for --covariance lowrank"),
         _arg("--max-iter", type=int, default=100, help="EM iterations (default: 100)"),
         _arg("--reg-covar", type=float, default=1e-6, help="added to every variance (default 1e-6)"),
+        _LABELS,
     ), _build_gmm),
     "empirical": ((
         _arg("--chunk-size", type=int, default=None, help="data rows per GEMM (default: 4096)"),
         _arg("--flip", action="store_true", help="add horizontally mirrored training images"),
+        _LABELS,
     ), _build_empirical),
     "knn": ((
         _arg("--k", type=int, default=64, help="nearest neighbours per query (default: 64)"),
@@ -120,6 +134,7 @@ MODEL_OPTIONS = {
         _arg("--index", default="auto", choices=INDEXES,
              help="neighbour search (default: auto)"),
         _arg("--nprobe", type=int, default=16, help="IVF lists searched per query (default: 16)"),
+        _LABELS,
     ), _build_knn),
     "cfdm": ((
         _arg("--smoothing", type=float, required=True, help="smoothing scale λ >= 0"),
@@ -178,7 +193,13 @@ def _run(args) -> int:
     from .. import data as data_mod
 
     torch.manual_seed(args.seed)
-    x = data_mod.resolve(args.data, split=args.split, limit=args.limit)
+    if getattr(args, "labels", False):
+        if args.data not in data_mod.DATASETS:
+            raise ValueError(f"--labels needs a named data set with labels (one of {sorted(data_mod.DATASETS)}); "
+                             f"got --data {args.data!r}")
+        x, args.label_values = data_mod.load(args.data, args.split, limit=args.limit, labels=True)
+    else:
+        x = data_mod.resolve(args.data, split=args.split, limit=args.limit)
     t0 = time.perf_counter()
     model = build_model(args.kind, x, args)
     seconds = time.perf_counter() - t0

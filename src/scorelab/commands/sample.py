@@ -16,7 +16,9 @@ def register(sub) -> None:
         description="Draw samples from a saved closed-form model (`scorelab fit`) or a trained network directory "
                     "(`scorelab train`), write a PNG grid (images) or scatter plot (2-D vectors) and a JSON "
                     "summary with the NFE and timings. With --teleport, a fitted Gaussian's exact jump replaces "
-                    "the first steps (--skip fraction or --sigma-skip level).")
+                    "the first steps (--skip fraction or --sigma-skip level). --class conditions a class-conditional "
+                    "model; --guidance W applies classifier-free guidance (with --class) or autoguidance (with "
+                    "--guide-with).")
     p.add_argument("--model", required=True, metavar="FILE|DIR",
                    help="a model saved by `scorelab fit` (.safetensors) or a trained network (directory or file)")
     p.add_argument("--solver", default="heun", choices=sorted(SAMPLERS), help="sampler (default: heun)")
@@ -41,6 +43,18 @@ def register(sub) -> None:
                    help="multistep solvers: take the skipped points' history from the Gaussian (no extra NFE)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="solver option, repeatable: e.g. --opt eta=1 --opt S_churn=40 --opt order=2")
+    c = p.add_argument_group("conditioning and guidance")
+    c.add_argument("--class", dest="class_labels", default=None, metavar="C[,C...]|all",
+                   help="class label(s) for a class-conditional model: one label for every sample, a comma-separated "
+                        "list cycled over the samples, or 'all' (every class in turn)")
+    c.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="guidance scale w: classifier-free guidance D(x,∅) + w·(D(x,c) − D(x,∅)) with --class, or "
+                        "autoguidance D_weak + w·(D − D_weak) with --guide-with (1: no guidance)")
+    c.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only where LO < σ <= HI (Kynkäänniemi et al. 2024); elsewhere the model alone")
+    c.add_argument("--guide-with", default=None, metavar="FILE|DIR",
+                   help="autoguidance: the weaker model to guide with (an earlier or smaller network, or a fitted "
+                        "Gaussian .safetensors)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i) (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default: 64)")
@@ -122,6 +136,63 @@ def load_teleport(path, device=None):
     return load(path, device=device)
 
 
+def model_classes(model) -> list[int] | None:
+    """The class labels a model accepts: a network's 0..n_classes−1, a conditional analytic model's classes_; None
+    for an unconditional model."""
+    n_classes = getattr(model, "n_classes", 0)
+    if isinstance(n_classes, int) and n_classes > 0:
+        return list(range(n_classes))
+    classes = getattr(model, "classes_", ())
+    return list(classes) if classes else None
+
+
+def parse_classes(text: str, n: int, classes: list[int] | None, model: str):
+    """--class: a [n] long tensor of labels (one label, a list cycled over the samples, or 'all')."""
+    import torch
+
+    if classes is None:
+        raise ValueError(f"--class needs a class-conditional --model; {model!r} is unconditional")
+    if text.strip() == "all":
+        labels = classes
+    else:
+        try:
+            labels = [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"--class must be integers separated by commas, or 'all'; got {text!r}") from None
+        bad = sorted(set(labels) - set(classes))
+        if bad or not labels:
+            raise ValueError(f"--class must name classes of the model ({classes[0]}..{classes[-1]}); got {text!r}")
+    return torch.tensor([labels[i % len(labels)] for i in range(n)])
+
+
+def parse_interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval must be LO,HI (two noise levels); got {text!r}") from None
+    if not 0 <= lo < hi:
+        raise ValueError(f"--guidance-interval must satisfy 0 <= LO < HI; got {text!r}")
+    return lo, hi
+
+
+def guided_model(args, model, labels, device, dtype):
+    """--guidance/--guide-with/--guidance-interval applied to `model` (itself when no guidance is asked for)."""
+    from .. import guidance
+
+    if args.guidance is None:
+        if args.guide_with is not None or args.guidance_interval is not None:
+            raise ValueError("--guide-with and --guidance-interval need --guidance W")
+        return model
+    interval = parse_interval(args.guidance_interval) if args.guidance_interval is not None else None
+    if args.guide_with is not None:
+        weak = load_denoiser(args.guide_with, device=device, dtype=dtype)
+        weak_cond = labels is not None and model_classes(weak) is not None
+        return guidance.autoguidance(model, weak, args.guidance, interval, weak_cond=weak_cond)
+    if labels is None:
+        raise ValueError("--guidance without --guide-with is classifier-free guidance: it needs --class")
+    return guidance.cfg(model, args.guidance, interval=interval)
+
+
 def _run(args) -> int:
     from .. import schedules
     from .._io import write_json
@@ -167,9 +238,15 @@ def _run(args) -> int:
         skip_data = data_mod.resolve(args.skip_data, split="test" if named else "train")
     elif args.skip_data is not None:
         raise ValueError("--skip-data is only used with --skip auto")
-    result = sample(model, n=args.n, shape=shape, sigmas=sigmas, solver=args.solver, seed=args.seed,
+    labels = None
+    if args.class_labels is not None:
+        labels = parse_classes(args.class_labels, args.n, model_classes(model), args.model)
+    denoiser = guided_model(args, model, labels, args.device, dtype if args.dtype == "float64" else None)
+    extra_args = {"class_labels": labels} if labels is not None else None
+    teleport_args = extra_args if gaussian is not None and model_classes(gaussian) is not None else None
+    result = sample(denoiser, n=args.n, shape=shape, sigmas=sigmas, solver=args.solver, seed=args.seed,
                     teleport=gaussian, skip=skip, sigma_skip=args.sigma_skip, skip_data=skip_data,
-                    skip_threshold=args.skip_threshold,
+                    skip_threshold=args.skip_threshold, extra_args=extra_args, teleport_args=teleport_args,
                     warm_history=args.warm_history, batch_size=args.batch_size, device=args.device, dtype=dtype,
                     progress=not args.no_progress, **parse_opts(args.opt))
     images = result.images.float().cpu()
@@ -186,7 +263,9 @@ def _run(args) -> int:
         with atomic_path(args.save_samples, ".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, images.numpy())
-    summary = dict(model=str(args.model), teleport=args.teleport, schedule=args.schedule, **result.summary(),
+    summary = dict(model=str(args.model), teleport=args.teleport, schedule=args.schedule,
+                   class_labels=args.class_labels, guidance=args.guidance, guidance_interval=args.guidance_interval,
+                   guide_with=args.guide_with, **result.summary(),
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                    images_per_second=round(args.n / max(result.seconds, 1e-9), 3), out=out_png,
                    samples=args.save_samples)

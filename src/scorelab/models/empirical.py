@@ -327,6 +327,11 @@ class Empirical:
         return self.rows_.n * (2 if self.flip else 1)
 
     @property
+    def classes_(self) -> tuple[int, ...]:
+        """The class labels (a model built with labels=...), else ()."""
+        return () if self.labels_ is None else tuple(int(c) for c in self.labels_.unique().tolist())
+
+    @property
     def shape_(self) -> tuple:
         """The sample shape (C, H, W) or (d,)."""
         return self.rows_.shape

@@ -1,0 +1,88 @@
+"""`scorelab fit ... --labels` and `scorelab sample --class/--guidance/--guidance-interval/--guide-with` as users
+type them: class-conditional analytic models, classifier-free guidance and autoguidance from the command line."""
+import json
+
+import pytest
+import torch
+
+import scorelab as sl
+from scorelab import cli
+
+
+def main(*args):
+    """Run the CLI in-process: (exit code, parsed JSON line or None)."""
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    return code
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli_guidance")
+    assert main("fit", "gaussian", "--data", "digits", "--labels", "--out", str(d / "g.safetensors")) == 0
+    assert main("fit", "gaussian", "--data", "digits", "--out", str(d / "gu.safetensors")) == 0
+    return d
+
+
+def test_fit_labels_gives_a_class_conditional_model(fitted):
+    g = sl.Gaussian.load(fitted / "g.safetensors")
+    x, y = sl.data.load("digits", labels=True)
+    assert g.classes_ == tuple(range(10))
+    torch.testing.assert_close(g.class_models_[4].mean_, x[torch.as_tensor(y) == 4].double().mean(0))
+
+
+def test_sample_with_classifier_free_guidance(fitted, capsys):
+    out = fitted / "s.json"
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--class", "all", "--guidance", "2", "--n",
+                "20", "--steps", "6", "--no-progress", "--out", str(fitted / "s.png"), "--json", str(out),
+                "--save-samples", str(fitted / "s.npy")) == 0
+    summary = json.loads(out.read_text())
+    assert summary["nfe"] == 11 and summary["network_nfe"] == 22 and summary["guidance"] == 2.0
+    assert (fitted / "s.png").exists()
+    # the same images as the Python API: cfg over the class-conditional Gaussian, labels 0..9 cycled
+    import numpy as np
+
+    g = sl.Gaussian.load(fitted / "g.safetensors")
+    want = sl.sample(sl.guidance.cfg(g, 2.0), n=20, steps=6, extra_args={"class_labels": torch.arange(20) % 10})
+    torch.testing.assert_close(torch.from_numpy(np.load(fitted / "s.npy")), want.images.float())
+
+
+def test_guidance_interval_and_teleport_per_class(fitted):
+    out = fitted / "t.json"
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--class", "3,5", "--guidance", "2",
+                "--guidance-interval", "0.5,5", "--teleport", str(fitted / "g.safetensors"), "--skip", "0.3",
+                "--solver", "dpmpp_2m", "--warm-history", "--n", "4", "--steps", "8", "--no-progress",
+                "--out", str(fitted / "t.png"), "--json", str(out)) == 0
+    s = json.loads(out.read_text())
+    assert s["skip_index"] == 2 and s["nfe"] == 6 and 6 < s["network_nfe"] < 12
+
+
+def test_autoguidance_with_a_weaker_model(fitted):
+    out = fitted / "a.json"
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--guide-with", str(fitted / "gu.safetensors"),
+                "--guidance", "1.5", "--n", "3", "--steps", "4", "--no-progress", "--out", str(fitted / "a.png"),
+                "--json", str(out)) == 0
+    assert json.loads(out.read_text())["network_nfe"] == 14
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "12"], "--class must name classes of the model"),
+    (["--class", "x"], "--class must be integers"),
+    (["--guidance", "2"], "it needs --class"),
+    (["--guidance-interval", "1,2"], "need --guidance"),
+    (["--class", "1", "--guidance", "2", "--guidance-interval", "3,1"], "--guidance-interval must satisfy"),
+    (["--class", "1", "--guidance", "2", "--guidance-interval", "3"], "--guidance-interval must be LO,HI"),
+])
+def test_bad_guidance_arguments_exit_2_with_one_line(fitted, capsys, args, message):
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--n", "2", "--steps", "2", "--no-progress",
+                "--out", str(fitted / "bad.png"), *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_class_on_an_unconditional_model_is_refused(fitted, capsys):
+    assert main("sample", "--model", str(fitted / "gu.safetensors"), "--class", "1", "--n", "2",
+                "--out", str(fitted / "u.png")) == 2
+    assert "is unconditional" in capsys.readouterr().err
