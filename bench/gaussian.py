@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from tqdm import tqdm
+from scorelab._io import progress_bar as tqdm   # drawn only on a terminal
 
 import scorelab as sl
 

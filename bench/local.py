@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from scorelab._io import progress_bar as tqdm   # drawn only on a terminal
 
 import scorelab as sl
 from scorelab.calibration import calibrate_patch_size, per_image_r2

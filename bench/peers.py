@@ -126,7 +126,7 @@ def paired_times(run_a, run_b, reps):
 
 
 def compare(den, x_T, steps_list, case_list, reps, exact_of=None, desc=""):
-    from tqdm import tqdm
+    from scorelab._io import progress_bar as tqdm   # drawn only on a terminal
 
     rows = []
     for steps in steps_list:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from scorelab._io import progress_bar as tqdm   # drawn only on a terminal
 
 import scorelab as sl
 from scorelab.sample import _per_sample_noise, sample_seed

@@ -16,7 +16,7 @@ import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from scorelab._io import progress_bar as tqdm   # drawn only on a terminal
 
 import scorelab as sl
 from scorelab.nets import ARCHS, arch_config, build

@@ -246,15 +246,14 @@ def test_progress_bar_only_on_a_terminal():
 def test_every_progress_bar_goes_through_the_helper():
     import ast
 
-    src = REPO / "src" / "scorelab"
     offenders = []
-    for path in sorted(src.rglob("*.py")):
-        if path == src / "_io.py":
+    for path in sorted([*(REPO / "src" / "scorelab").rglob("*.py"), *(REPO / "bench").rglob("*.py")]):
+        if path == REPO / "src" / "scorelab" / "_io.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            offenders += [f"{path.relative_to(src)}:{node.lineno}" for n in names if n.split(".")[0] == "tqdm"]
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno}" for n in names if n.split(".")[0] == "tqdm"]
     assert not offenders, f"tqdm imported outside scorelab._io.progress_bar: {offenders}"
 
 
