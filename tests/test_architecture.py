@@ -5,17 +5,23 @@
   points (`python -m scorelab.demo`) may import `scorelab.commands` or argparse; nothing in the library imports
   an entry point or the repository's bench/ scripts.
 
+The same contract is stated for import-linter in pyproject.toml ([tool.importlinter]) and `lint-imports` runs here
+too; the ast reading below covers every module, including ones the pyproject list does not name yet.
+
 A submodule importing its own package (`from . import save_model` inside a function of nets/checkpoint.py) is
 not counted as a circle: the package's __init__ has run before any of its submodules.
 """
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 PACKAGE = "scorelab"
 CLI = ("scorelab.cli", "scorelab.commands")          # the command-line layer
 ENTRY_POINTS = ("scorelab.demo", "scorelab.__main__")  # programs with their own argparse main()
@@ -168,3 +174,11 @@ def test_every_model_is_fitted_through_python_and_configured_in_commands():
         cls = model_class(kind)
         assert inspect.ismethod(cls.fit) and cls.fit.__self__ is cls, kind
         assert not hasattr(cls, "add_cli_arguments") and not hasattr(cls, "fit_from_cli"), kind
+
+
+def test_import_linter_contracts_are_kept():
+    """`lint-imports` (import-linter, a dev dependency) keeps pyproject.toml's contracts."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    assert exe.is_file(), "import-linter is not installed: pip install -e '.[dev]' (make test does)"
+    run = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "2 kept, 0 broken" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
