@@ -31,9 +31,10 @@ from . import record
 from .common import add_output_arguments, best_time, fashion_mnist, show
 
 
-def gmm_file() -> Path:
-    """The GMM the gmm part fits and the samples part samples from (in the scorelab cache, not in git)."""
-    return record.cache_dir("bench") / "gmm_fashion_k100.safetensors"
+def gmm_file(args) -> Path:
+    """The GMM the gmm part fits and the samples part samples from (in the scorelab cache, not in git), named by
+    its settings (K, rank, EM iterations)."""
+    return record.cache_dir("bench") / f"gmm_fashion_k{args.gmm_k}_rank{args.gmm_rank}_iter{args.gmm_iter}.safetensors"
 
 
 def fmnist(split="train"):
@@ -212,7 +213,7 @@ def part_gmm(args):
     t0 = time.perf_counter()
     g = sl.GMM.fit(y, args.gmm_k, "lowrank", args.gmm_rank, max_iter=args.gmm_iter, tol=1e-5, progress=True)
     sec = time.perf_counter() - t0
-    g.save(gmm_file())
+    g.save(gmm_file(args))
     ll = g.log_likelihood_
     res = {"K": args.gmm_k, "covariance": "lowrank", "rank": args.gmm_rank, "seconds": sec, "n_iter": g.n_iter_,
            "converged": g.converged_, "final_log_likelihood": ll[-1],
@@ -234,7 +235,7 @@ def part_samples(args):
     sigmas = schedules.karras(18, sigma_min=0.002, sigma_max=80.0)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(n, 1, 28, 28, generator=g) * 80.0
-    gmm_path = gmm_file()
+    gmm_path = gmm_file(args)
     models = {"empirical": sl.Empirical(y)}
     for lam in args.smoothing:
         models[f"cfdm-{lam:g}"] = sl.CFDM(y, lam, args.n_draws, sigma_start=args.sigma_start)

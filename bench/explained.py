@@ -155,7 +155,7 @@ def main():
     for t in extra["tables"]:
         print(f"\n{t['title']}\n\n" + show(t["rows"], keys=t.get("keys", ())))
     record.write(args.name, rows, out=args.out, network=unet_network(args.unet), plots=plots, quick=args.quick,
-                 n=n, n_fit=n_fit, threads=args.threads, models=list(models), fit_seconds=fit_seconds,
+                 n=n, n_fit=n_fit, models=list(models), fit_seconds=fit_seconds,
                  ev_seconds=round(ev_seconds, 1), **extra)
 
 

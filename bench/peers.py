@@ -220,7 +220,7 @@ def main():
     for t in extra["tables"]:
         print(f"\n## {t['title']}\n\n" + show(t["rows"], t["columns"], keys=extra["keys"]))
     record.write(args.name, gauss_rows, out=args.out, network=unet_network(args.unet) if unet_label else None,
-                 quick=args.quick, n=args.n, unet_n=args.unet_n, threads=args.threads, reps=args.reps,
+                 quick=args.quick, n=args.n, unet_n=args.unet_n, reps=args.reps,
                  grid="karras(steps, sigma_min=0.002, sigma_max=80, rho=7)",
                  versions=dict(scorelab=sl.__version__, k_diffusion=kd.version if kd else None,
                                diffusers=diffusers_version), **extra)

@@ -250,7 +250,7 @@ def main():
     ap.add_argument("--inception", default="", metavar="RUNS",
                     help="headline runs that also get Inception FID, solver:steps:skip[:warm] comma-separated (e.g. "
                          "heun:18:0.3,heun:18:auto); their unskipped run is measured too. Features are cached "
-                         "on disk by image content, so runs shared with bench/metrics.py cost nothing twice")
+                         "on disk by image content, so runs shared with bench.metrics cost nothing twice")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.n or (256 if args.quick else 5000)
@@ -343,14 +343,15 @@ def main():
     result.pop("verdicts", None)
     rows = result.pop("rows")
     verdict = verdicts(rows, has_fid)
+    description = describe(has_fid, metric_name, verdict)
     print(f"## Teleportation on the U-Net ({unet_label}), n = {n}, features: {features}\n")
-    print(show(rows, COLUMNS, keys=KEYS))
+    print(show(rows, description["columns"], keys=KEYS))
     print("\n" + show(verdict))
     plot(rows, "fid" if has_fid else "proxy_rms", png,
          metric_name if has_fid else "proxy: RMS distance to the unskipped run (not FID)")
     keep = {k: v for k, v in result.items() if k not in ("name", "title", "columns", "keys", "tables", "notes")
             and k not in record.REQUIRED}
-    record.write(args.name, rows, out=out, **describe(has_fid, metric_name, verdict), **keep)
+    record.write(args.name, rows, out=out, **description, **keep)
 
 
 def describe(has_fid: bool, metric: str | None, verdict: list[dict]) -> dict:

@@ -130,7 +130,7 @@ def test_command_line_is_a_module_invocation():
                                module="bench.teleport") == "python -m bench.teleport --n 5 --configs heun:18"
     assert record.command_line(["x.py", "--title", "two words"], module="bench.x") == \
         "python -m bench.x --title 'two words'"
-    assert record.command_line(["/r/bench/gaussian.py"]) .startswith("python -m bench.")
+    assert record.command_line(["/r/bench/gaussian.py"]).startswith("python -m bench.")
 
 
 def test_caches_follow_xdg(tmp_path, monkeypatch):
@@ -225,6 +225,7 @@ def test_run_all_records_exit_codes(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all, "ROOT", tmp_path)
     monkeypatch.setattr(run_all, "PLAN", {"ok": ("ok", [], []), "bad": ("bad", [], None)})
     monkeypatch.setattr(run_all, "QUICK_RESULTS", tmp_path / "quick")
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path / "default")
     out = tmp_path / "results"
     assert run_all.main(["--out", str(out)]) == 1
     rec = json.loads((out / "run_all.json").read_text())
@@ -234,6 +235,8 @@ def test_run_all_records_exit_codes(tmp_path, monkeypatch):
     assert (tmp_path / "results.where").exists()
     assert run_all.main(["--quick"]) == 0                       # bad is not in the quick set; ok writes to quick/
     assert (tmp_path / "quick.where").exists()
+    quick = json.loads((tmp_path / "default" / "run_all_quick.json").read_text())   # the runner's own record
+    assert [r["name"] for r in quick["rows"]] == ["ok"] and quick["quick"] is True
 
 
 # ------------------------------------------------------------------------------------------------ teleport
