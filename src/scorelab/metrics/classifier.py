@@ -42,7 +42,7 @@ SHAPE = (1, 28, 28)
 CHANNELS = (32, 64, 128)
 MODEL, CONFIG = "model.safetensors", "config.json"
 DEFAULT_PATH = Path(__file__).resolve().parents[3] / "models" / "fashion-mnist-classifier"
-RETRAIN = ".venv/bin/python bench/train_classifier.py --out models/fashion-mnist-classifier"
+RETRAIN = "python -m bench.train_classifier --save models/fashion-mnist-classifier"
 
 
 def check_images(images, *, name: str = "images") -> torch.Tensor:
