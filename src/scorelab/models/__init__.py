@@ -1,4 +1,10 @@
-"""Closed-form denoisers fitted to data. Each is a callable D(x, σ) and saves to safetensors + JSON header."""
+"""Closed-form denoisers fitted to data. Each is a callable D(x, σ) and saves to safetensors + JSON header.
+
+Every model is built in Python with `Model.fit(data, ...)` (returns a fitted instance; for the non-parametric
+models, which keep the data, it is the same as the constructor); learned attributes end in `_`. The models know
+nothing of the command line: `scorelab fit KIND` maps its options onto these calls in `scorelab/commands/fit.py`.
+The shared mathematics has one home each: the Gaussian closed form in `gaussian.py` (`gaussian_denoiser`), the
+streamed softmax posterior in `softmax.py` (`SoftmaxSums`)."""
 from __future__ import annotations
 
 from importlib import import_module

@@ -32,7 +32,8 @@ class CFDM:
     """Smoothed closed-form diffusion model: D̃(x, σ) = mean over n_draws fixed z_m of D(x + λ z_m, σ).
 
     smoothing: λ ≥ 0 (0: the memorising empirical denoiser). estimator: "exact" (streamed `Empirical`) or
-    "knn" (`KNN` with `k`, `n_random`, `index`). sigma_start: default start of `sample`."""
+    "knn" (`KNN` with `k`, `n_random`, `index`). sigma_start: default start of `sample`.
+    `CFDM.fit(data, smoothing, ...)` is the same as the constructor (a non-parametric model)."""
 
     kind = "cfdm"
 

@@ -48,6 +48,7 @@ class KNN(ByClass):
     seed: seeds the tail draws (a fresh draw on every call, from the model's own generator).
     labels: optional [N] integer classes: also one KNN per class on its rows alone (same options), used when the
     call gives `class_labels` (None: the pooled model; see `scorelab.models.conditional`).
+    `KNN.fit(data, ...)` is the same as the constructor (a non-parametric model: fitting stores the data).
     """
 
     kind = "knn"

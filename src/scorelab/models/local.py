@@ -520,7 +520,7 @@ class ELS(_PatchPosterior):
     the border: a pixel whose patch leaves the image sees only training patches with the same padding.
     `patch_size`: odd int, callable σ → int, or {σ_threshold: size}. `n_data`: random subset of the data
     (cost ∝ n_data · (H·W)² · P² per image). Patch = the full image (LS, or border="zero" with P ≥ 2H−1)
-    is the empirical denoiser.
+    is the empirical denoiser. `ELS.fit(data, patch_size, ...)` is the same as the constructor.
     """
 
     kind = "els"
@@ -539,7 +539,7 @@ class PSPC(_PatchPosterior):
     patches (every location if `equivariant`, else Ω's own location); D(x, σ)_p = mean over the patches Ω ∋ p
     of E[φ | x_Ω] at p. `border`: "circular" (wrap), "zero" (zero-padded, boundary-broken pools as in ELS)
     or "valid" (only patches inside the image). Patch = full image with border="valid" is the empirical
-    denoiser.
+    denoiser. `PSPC.fit(data, patch_size, ...)` is the same as the constructor.
     """
 
     kind = "pspc"

@@ -25,7 +25,8 @@ class Wiener:
     Masked empirical ("masked", the default): D(x, σ)_p = Σ_n w_n^p x_n[p],
     w_n^p ∝ exp(−Σ_q M_σ[p, q] (x_q − x_n[q])² / 2σ²), streamed over the data with a running-max logsumexp.
     energy=1 gives masks that keep every pixel with a non-zero weight (the empirical denoiser when W_σ
-    has no zero entries).
+    has no zero entries). `Wiener.fit(data, ...)` is the same as the constructor (which computes the covariance's
+    eigenpairs and keeps the data).
     """
 
     kind = "wiener"
