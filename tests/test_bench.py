@@ -144,6 +144,19 @@ def test_caches_follow_xdg(tmp_path, monkeypatch):
     assert record.cache_dir("x") == tmp_path / "explicit" / "x"
 
 
+def test_the_library_never_imports_bench():
+    """bench may import scorelab; no module of scorelab imports bench (imports inside functions count)."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "src" / "scorelab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.name}: {n}" for n in names if n == "bench" or n.startswith("bench.")]
+    assert offenders == []
+
+
 # ------------------------------------------------------------------------------------------------ the pages
 def _tables(markdown_text: str) -> list[list[str]]:
     """The header cells of every Markdown table in a page."""
