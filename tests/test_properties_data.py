@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import scorelab as sl
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                    derandomize=True)
+                    derandomize=True, database=None)   # the same examples on every run
 FOLDER = tempfile.TemporaryDirectory(prefix="scorelab-npy-")    # one folder for the module (removed at exit)
 
 
