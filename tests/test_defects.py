@@ -325,3 +325,20 @@ def test_metrics_lowdim_dimension_mismatch_is_one_line(capsys, tmp_path):
     np.save(tmp_path / "s64.npy", np.zeros((64, 2), np.float32))
     line = cli_error(capsys, "metrics", "lowdim", "--samples", tmp_path / "s64.npy", "--data", "digits")
     assert "(2,)" in line and "(1, 8, 8)" in line and "--data" in line
+
+
+# Every CLI error is one line, argparse's own included (it printed the whole usage block before its error line).
+@pytest.mark.parametrize("argv, needle", [
+    (["sample", "--model", "g.safetensors", "--solver", "bogus"], "argument --solver: invalid choice: 'bogus'"),
+    (["sample", "--model", "g.safetensors", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["sample"], "the following arguments are required: --model"),
+    (["no-such-command"], "argument COMMAND: invalid choice: 'no-such-command'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_usage_errors_are_one_line(capsys, argv, needle):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert "--help" in err                                                   # where the usage is

@@ -10,8 +10,16 @@ from importlib import import_module
 COMMANDS = ["data", "fit", "train", "sample", "restore", "diagnose", "metrics", "report", "bench"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: `scorelab sample: error: ... (see scorelab sample --help)`, exit 2.
+    Sub-parsers are made by the parent's class, so every sub-command gets it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scorelab",
         description="Score functions of diffusion models: analytic denoisers, fast samplers, teleportation, "
                     "CPU-trained networks, diagnostics and metrics.")
