@@ -342,3 +342,13 @@ def test_usage_errors_are_one_line(capsys, argv, needle):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert "--help" in err                                                   # where the usage is
+
+
+@pytest.mark.parametrize("option, extra", [("--pr", ["--pr-k", "50"]), ("--fd-inf", [])])
+def test_metrics_fid_options_name_themselves_when_samples_are_too_few(capsys, tmp_path, option, extra):
+    import numpy as np
+
+    np.save(tmp_path / "s10.npy", np.linspace(-1, 1, 10 * 64, dtype=np.float32).reshape(10, 1, 8, 8))
+    line = cli_error(capsys, "metrics", "fid", "--samples", tmp_path / "s10.npy", "--data", "digits", "--features",
+                     "pixels", option, *extra)
+    assert line.startswith(f"scorelab metrics: error: {option}: ") and "10 sample(s)" in line

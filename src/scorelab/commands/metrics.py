@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 from . import add_data_args
@@ -69,6 +70,16 @@ def _features(x, args, desc):
                                  desc=f"inception {desc}")
 
 
+@contextlib.contextmanager
+def _option(option: str):
+    """A library ValueError raised for `option` names it: "--pr: fake has 10 sample(s); ..." (the library's
+    argument names, such as `fake`, are not the CLI's)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
 def _run_fid(args) -> int:
     from ..metrics.frechet import check_fid_samples, fd_inf, feature_stats, frechet_distance
     from ..metrics.kid import kid
@@ -79,22 +90,23 @@ def _run_fid(args) -> int:
     if tuple(samples.shape[1:]) != tuple(ref.shape[1:]):
         raise ValueError(f"samples have image size {tuple(samples.shape[1:])} but --data has {tuple(ref.shape[1:])}")
     fs, fr = _features(samples, args, "samples"), _features(ref, args, "data")
-    for name, feats in (("--samples", fs), ("--data", fr)):   # a warning line below 2·D samples
-        check_fid_samples(feats.shape[0], feats.shape[1], name=name)
     sr = feature_stats(fr)
     result = {"samples": args.samples, "data": args.data, "split": args.split, "features": args.features,
               "n_samples": int(fs.shape[0]), "n_data": int(fr.shape[0])}
     result["fid"] = frechet_distance(*feature_stats(fs)[:2], sr.mu, sr.sigma)
     if args.kid:
-        k = kid(fs, fr, n_subsets=_positive(args.kid_subsets, "--kid-subsets"),
-                subset_size=min(args.kid_subset_size, fs.shape[0], fr.shape[0]))
+        with _option("--kid"):
+            k = kid(fs, fr, n_subsets=_positive(args.kid_subsets, "--kid-subsets"),
+                    subset_size=min(args.kid_subset_size, fs.shape[0], fr.shape[0]))
         result["kid"], result["kid_std"] = k.mean, k.std
     if args.pr:
-        pr = precision_recall(fr, fs, k=_positive(args.pr_k, "--pr-k"))
+        with _option("--pr"):
+            pr = precision_recall(fr, fs, k=_positive(args.pr_k, "--pr-k"))
         result["precision"], result["recall"] = pr.precision, pr.recall
     fdi = None
     if args.fd_inf:
-        fdi = fd_inf(fs, sr)
+        with _option("--fd-inf"):
+            fdi = fd_inf(fs, sr)
         result["fd_inf"], result["fd_inf_points"] = fdi.value, [[n, f] for n, f in zip(fdi.ns, fdi.fds)]
     if args.plot:
         from ..report import save_bar_plot, save_line_plot
@@ -106,6 +118,8 @@ def _run_fid(args) -> int:
             save_bar_plot({k: v for k, v in result.items() if k in ("fid", "kid", "precision", "recall")},
                           args.plot, title=f"{args.samples} vs {args.data}/{args.split}")
         result["plot"] = args.plot
+    for name, feats in (("--samples", fs), ("--data", fr)):   # a warning line below 2·D samples (after any error)
+        check_fid_samples(feats.shape[0], feats.shape[1], name=name)
     _write(result, args)
     return 0
 
