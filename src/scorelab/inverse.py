@@ -946,9 +946,10 @@ def _smc(prior_or_denoiser, op, y, sigma_y, *, n, sigmas, seed, extra_args, shap
     res = fn(prior_or_denoiser, op, y, sigma_y, n=n, shape=shape, sigmas=sigmas, seed=seed, extra_args=extra_args,
              **kwargs, **opts)
     options = {k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool))}
-    options.update(particles=res.n_particles, cost=res.cost, min_ess=float(res.ess.min()) if res.ess.numel() else None)
-    return InverseResult(res.samples, "smc", nfe=res.nfe, nfe_grad=0, sigmas=res.sigmas, seconds=time.perf_counter() - t0,
-                         seed=seed, solver="smc", options=options)
+    options.update(particles=res.n_particles, cost=res.cost,
+                   min_ess=float(res.ess.min()) if res.ess.numel() else None)
+    return InverseResult(res.samples, "smc", nfe=res.nfe, nfe_grad=0, sigmas=res.sigmas, seed=seed, solver="smc",
+                         seconds=time.perf_counter() - t0, options=options)
 
 
 # ============================================================================================== image quality

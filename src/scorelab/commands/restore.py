@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, metavar="FILE|DIR",
                    help="a Gaussian/GMM saved by `scorelab fit` (.safetensors) or a trained network (directory)")
     p.add_argument("--op", required=True, choices=["inpaint", "downsample", "blur"], help="measurement operator")
-    p.add_argument("--mask", default="half", metavar="half|randomNN", help=f"inpainting mask: {MASKS.replace('%', '%%')} (default: half)")
+    p.add_argument("--mask", default="half", metavar="half|randomNN",
+                   help=f"inpainting mask: {MASKS.replace('%', '%%')} (default: half)")
     p.add_argument("--factor", type=int, default=2, help="downsampling factor (default: 2)")
     p.add_argument("--kernel", default="gaussian:1.5", metavar="gaussian:STD|box:K",
                    help="blur kernel: a Gaussian of std STD pixels or a K×K box (default: gaussian:1.5)")
