@@ -352,3 +352,12 @@ def test_metrics_fid_options_name_themselves_when_samples_are_too_few(capsys, tm
     line = cli_error(capsys, "metrics", "fid", "--samples", tmp_path / "s10.npy", "--data", "digits", "--features",
                      "pixels", option, *extra)
     assert line.startswith(f"scorelab metrics: error: {option}: ") and "10 sample(s)" in line
+
+
+def test_unwritable_out_names_the_path_not_a_temporary_file(capsys, gaussian_file, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")                          # a file where --out wants a folder
+    out = blocker / "s.png"
+    line = cli_error(capsys, "sample", "--model", gaussian_file, "--n", 2, "--steps", 2, "--no-progress",
+                     "--out", out)
+    assert f"cannot write {str(out)!r}" in line and ".tmp" not in line

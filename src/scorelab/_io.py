@@ -20,8 +20,11 @@ def _umask() -> int:
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary path beside `path`; on success rename it over `path` (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    except OSError as e:   # name the file asked for, not the temporary one or a parent
+        raise OSError(f"cannot write {str(path)!r} ({e.strerror or e})") from None
     os.close(fd)
     try:
         yield Path(tmp)
