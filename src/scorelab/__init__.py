@@ -19,6 +19,7 @@ _LAZY = {
     "nets": ("scorelab.nets", None),
     "protocol": ("scorelab.protocol", None),
     "guidance": ("scorelab.guidance", None),
+    "smc": ("scorelab.smc", None),
     "inverse": ("scorelab.inverse", None),
     "noise": ("scorelab.noise", None),
     # analytic models
