@@ -281,7 +281,7 @@ def train(data, *, out=None, labels=None, config: TrainConfig | None = None, res
     order = _BatchOrder(data.shape[0], cfg.batch_size, cfg.seed)
     start = meta["step"]
     bar = progress_bar(range(start, cfg.steps), initial=start, total=cfg.steps, enabled=progress, desc="train",
-               unit="step", dynamic_ncols=True)
+                       unit="step", dynamic_ncols=True)
     log, t_last = _LossLog(meta["history"], cfg.log_every, cfg.steps, bar), time.perf_counter()
     model.train()
     for step in bar:
