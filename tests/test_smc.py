@@ -139,14 +139,15 @@ def test_special_cases_of_the_rate():
     torch.testing.assert_close(r, 2 * ((g_c(x, s) - x) * (g_u(x, s) - x)).sum(-1) / s ** 3)
 
 
-def test_one_particle_is_the_ancestral_sde_of_the_guided_denoiser():
+@pytest.mark.parametrize("solver, eta", [("euler_ancestral", 1.0), ("dpmpp_2m_sde", 1.0), ("dpmpp_2m_sde", 0.5)])
+def test_one_particle_is_the_sde_sampler_on_the_guided_denoiser(solver, eta):
     g_c, g_u, _ = class_models(3)
     sigmas = sl.schedules.karras(12)
     gen = torch.Generator().manual_seed(7)
     x_t = torch.randn(5, 3, generator=gen, dtype=F64) * float(sigmas[0])
-    want = sl.samplers.euler_ancestral(Guided(g_c, g_u, 2.0), x_t, sigmas, generator=gen)
-    got = smc.sample(smc.cfg(g_c, 2.0, uncond=g_u), 5, (3,), sigmas, particles=1, dtype=F64,
-                     generator=torch.Generator().manual_seed(7))
+    want = sl.samplers.get(solver)(Guided(g_c, g_u, 2.0), x_t, sigmas, generator=gen, eta=eta)
+    got = smc.sample(smc.cfg(g_c, 2.0, uncond=g_u), 5, (3,), sigmas, particles=1, dtype=F64, solver=solver,
+                     eta=eta, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(got.samples, want, rtol=1e-10, atol=1e-10)
     assert got.nfe == 2 * 12 and got.network_nfe == 2 * 12 and got.cost == 24
 
@@ -238,13 +239,12 @@ def test_annealed_gaussian_has_covariance_sigma_over_beta():
 
 
 def test_product_of_two_gaussian_experts():
-    u = _rot(2, torch.Generator().manual_seed(3))
-    mu1, cov1 = torch.tensor([1.0, 0.0], dtype=F64), torch.diag(torch.tensor([1.0, 0.1], dtype=F64))
-    mu2, cov2 = torch.tensor([-1.0, 0.5], dtype=F64), u @ torch.diag(torch.tensor([1.5, 0.2], dtype=F64)) @ u.T
+    mu1, cov1 = torch.tensor([1.5, 0.0], dtype=F64), torch.diag(torch.tensor([0.3, 2.0], dtype=F64))
+    mu2, cov2 = torch.tensor([-1.5, 0.0], dtype=F64), torch.diag(torch.tensor([2.0, 0.3], dtype=F64))
     mu, cov = product_gaussian(mu1, cov1, mu2, cov2)
     plain, fkc = _plain_and_fkc(smc.product(_gaussian(mu1, cov1), _gaussian(mu2, cov2)), 1000, 5, shape=(2,))
     plain, fkc = w2(plain, mu, cov), w2(fkc, mu, cov)
-    assert plain > 0.15 and fkc < 0.65 * plain
+    assert plain > 0.2 and fkc < 0.3 * plain
 
 
 def test_linear_gaussian_posterior():
@@ -304,6 +304,7 @@ def test_bad_input_is_named():
         (lambda: smc.sample(g_c, 2, (2,), resample_window=(2.0, 1.0)), ValueError, "resample_window"),
         (lambda: smc.sample(g_c, 2, (2,), sigmas=[1.0, 2.0, 0.0]), ValueError, "sigmas"),
         (lambda: smc.sample(g_c, 2, (2,), eta=-1), ValueError, "eta"),
+        (lambda: smc.sample(g_c, 2, (2,), solver="heun"), ValueError, "solver"),
         (lambda: smc.sample(42, 2, (2,)), TypeError, "target"),
         (lambda: smc.systematic_resample(torch.zeros(4)), ValueError, "log_weights"),
         (lambda: smc.systematic_resample(torch.zeros(2, 4), u=torch.tensor([0.5, 1.0])), ValueError, "u must"),

@@ -372,7 +372,7 @@ def _same_for_all(cond: dict, n: int) -> bool:
 
 @torch.no_grad()
 def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, population: str = "sample",
-           extra_args=None, eta: float = 1.0, resample_window=None, ess_threshold: float = 0.5, seed: int = 0,
+           solver: str = "dpmpp_2m_sde", extra_args=None, eta: float = 1.0, resample_window=None, ess_threshold: float = 0.5, seed: int = 0,
            generator=None, device=None, dtype=torch.float32, callback=None) -> SMCResult:
     """Feynman–Kac corrector sampling of `target` (module docstring): n samples, `particles` = K per sample.
 
@@ -400,6 +400,8 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
     tilt = _as_target(target)
     n = check_positive_int(n, name="n")
     k = check_positive_int(particles, name="particles")
+    if solver not in ("dpmpp_2m_sde", "euler_ancestral"):
+        raise ValueError(f"solver must be 'dpmpp_2m_sde' or 'euler_ancestral'; got {solver!r}")
     if population not in ("sample", "batch"):
         raise ValueError(f"population must be 'sample' or 'batch'; got {population!r}")
     shape = tuple(shape) if shape is not None else tilt.shape_
@@ -449,6 +451,7 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
     evals0, calls = tilt.network_evals, 0
     ess_log, resampled_log = [], []
     steps = len(grid) - 1
+    previous = None                               # (λ, D) of the last step, for the multistep solver
     for i in range(steps):
         sigma, sigma_next = grid[i], grid[i + 1]
         denoised, rate = tilt.evaluate(x, sigma, cond)
@@ -468,6 +471,8 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
                     src[rows] = rows[:, None] * size + idx
                     src = src.reshape(-1)
                     x, denoised = x[src.to(x.device)], denoised[src.to(x.device)]
+                    if previous is not None:
+                        previous = (previous[0], previous[1][src.to(x.device)])
                     rate = rate.reshape(-1)[src].reshape(groups, size)
                     log_w[rows] = 0.0
             resampled_log.append(redo)
@@ -476,10 +481,23 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
         if callback is not None:
             callback(dict(i=i, x=x, sigma=sigma, sigma_next=sigma_next, denoised=denoised, nfe=calls,
                           ess=ess(log_w), log_weights=log_w))
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = x + (sigma_down - sigma) * (x - denoised) / sigma
-        if sigma_up > 0:
-            x = x + randn(*x.shape) * sigma_up
+        if solver == "euler_ancestral":
+            sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+            x = x + (sigma_down - sigma) * (x - denoised) / sigma
+            if sigma_up > 0:
+                x = x + randn(*x.shape) * sigma_up
+        elif sigma_next == 0:
+            x = denoised
+        else:                                     # DPM-Solver++(2M) SDE, as samplers.dpmpp_2m_sde ("midpoint")
+            lam, h = -math.log(sigma), math.log(sigma / sigma_next)
+            one_minus = -math.expm1(-h - eta * h)
+            x_new = (sigma_next / sigma) * math.exp(-eta * h) * x + one_minus * denoised
+            if previous is not None:
+                x_new = x_new + (0.5 * one_minus * h / (lam - previous[0])) * (denoised - previous[1])
+            if eta > 0:
+                x_new = x_new + randn(*x.shape) * (sigma_next * math.sqrt(-math.expm1(-2 * eta * h)))
+            previous = (lam, denoised)
+            x = x_new
     ess_log.append(ess(log_w))
     resampled_log.append(torch.zeros(groups, dtype=torch.bool, device=log_w.device))
     if size > 1:
