@@ -68,3 +68,29 @@ def test_unknown_name():
 def test_check_sigmas_rejects(grid):
     with pytest.raises(ValueError, match="sigmas"):
         check_sigmas(torch.tensor(grid))
+
+
+def test_karras_keeps_sigma_min_when_sigma_max_dwarfs_it():
+    """(1 − r)·σ_max^(1/ρ) + r·σ_min^(1/ρ): at small ρ and a wide range, hi + r·(lo − hi) rounded σ_min to 0."""
+    s = sl.schedules.karras(2, sigma_min=1.0, sigma_max=1e8, rho=0.5)
+    assert s.tolist() == [1e8, 1.0, 0.0]
+    s = sl.schedules.karras(40, sigma_min=1e-4, sigma_max=1e4, rho=0.5)
+    assert s[0] == 1e4 and math.isclose(s[-2], 1e-4, rel_tol=1e-12) and (s[1:] < s[:-1]).all()
+
+
+@pytest.mark.parametrize("name, n, sigma_min, sigma_max, dtype", [
+    ("karras", 10, 1.0, 1.000001, torch.float32), ("exponential", 10, 1.0, 1.000001, torch.float32),
+    ("karras", 1000, 1.0, 1.0 + 1e-12, torch.float64), ("vp_cosine", 22, 1e-3, 1e-3 * (1 + 2.3e-9), torch.float64)])
+def test_range_too_narrow_for_the_dtype_names_the_range(name, n, sigma_min, sigma_max, dtype):
+    """Neighbours that round to one value in `dtype` (checked after the cast, not before) are refused, naming the
+    range and n, not a `sigmas` argument the caller never passed; a wider range or fewer steps work."""
+    with pytest.raises(ValueError, match=rf"^sigma_max={sigma_max:g} is too close to sigma_min={sigma_min:g} for "
+                                         rf"n={n} steps in {dtype}"):
+        sl.schedules.NAMES[name](n, sigma_min=sigma_min, sigma_max=sigma_max, dtype=dtype)
+    s = sl.schedules.NAMES[name](n, sigma_min=sigma_min, sigma_max=sigma_min * 2, dtype=dtype)
+    assert s.dtype == dtype and (s[1:] < s[:-1]).all()
+
+
+def test_sigma_min_underflowing_the_dtype_is_named():
+    with pytest.raises(ValueError, match=r"^sigma_min=1e-50 rounds to 0 in torch.float32"):
+        sl.schedules.karras(5, sigma_min=1e-50, sigma_max=1.0, dtype=torch.float32)

@@ -40,8 +40,21 @@ def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def _finish(sigmas: torch.Tensor, device, dtype) -> torch.Tensor:
-    return check_sigmas(append_zero(sigmas)).to(device=device, dtype=dtype)
+def _finish(sigmas: torch.Tensor, device, dtype, *, n: int, sigma_min: float | None = None,
+            sigma_max: float | None = None) -> torch.Tensor:
+    """Append the final 0, cast, then check the grid *in the requested dtype*: a range too narrow for n steps (or a
+    σ_min that underflows) ties neighbours there, which no sampler accepts; that is an error naming the range."""
+    out = append_zero(sigmas).to(device=device, dtype=dtype)
+    if out.isfinite().all() and (out >= 0).all() and not (out[1:] < out[:-1]).all():
+        if sigma_min is not None and out[-2] == 0:
+            raise ValueError(f"sigma_min={sigma_min:g} rounds to 0 in {dtype}; use a larger sigma_min or float64")
+        if sigma_min is not None:
+            raise ValueError(f"sigma_max={sigma_max:g} is too close to sigma_min={sigma_min:g} for n={n} steps in "
+                             f"{dtype}: neighbouring noise levels round to the same value; widen the range, take "
+                             "fewer steps or use float64")
+        raise ValueError(f"n={n} steps are too many for this range in {dtype}: neighbouring noise levels round to "
+                         "the same value")
+    return check_sigmas(out).to(device=device, dtype=dtype)
 
 
 def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
@@ -53,7 +66,8 @@ def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float
         raise ValueError(f"rho must be > 0; got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _finish((hi + ramp * (lo - hi)) ** rho, device, dtype)
+    # (1 − r)·hi + r·lo, not hi + r·(lo − hi): exact at both ends even when hi dwarfs lo (small ρ, wide range)
+    return _finish(((1 - ramp) * hi + ramp * lo) ** rho, device, dtype, n=n, sigma_min=sigma_min, sigma_max=sigma_max)
 
 
 def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, device=None,
@@ -62,7 +76,8 @@ def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, de
     n = _check_steps(n)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    return _finish(torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))), device, dtype)
+    return _finish(torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))), device, dtype,
+                   n=n, sigma_min=sigma_min, sigma_max=sigma_max)
 
 
 def logsnr_uniform(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, device=None,
@@ -79,7 +94,7 @@ def vp_linear(n: int, beta_min: float = 0.1, beta_d: float = 19.9, eps_s: float 
     if not (beta_min >= 0 and beta_d > 0 and 0 < eps_s < 1):
         raise ValueError(f"need beta_min >= 0, beta_d > 0, 0 < eps_s < 1; got {beta_min}, {beta_d}, {eps_s}")
     t = torch.linspace(1, eps_s, n, dtype=torch.float64) if n > 1 else torch.ones(1, dtype=torch.float64)
-    return _finish(torch.sqrt(torch.expm1(beta_d * t ** 2 / 2 + beta_min * t)), device, dtype)
+    return _finish(torch.sqrt(torch.expm1(beta_d * t ** 2 / 2 + beta_min * t)), device, dtype, n=n)
 
 
 def vp_cosine(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, s: float = 0.008, *, device=None,
@@ -98,7 +113,7 @@ def vp_cosine(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, s: floa
     t = torch.linspace(t_of(sigma_max), t_of(sigma_min), n, dtype=torch.float64) if n > 1 else \
         torch.tensor([t_of(sigma_max)], dtype=torch.float64)
     abar = (torch.cos((t + s) / (1 + s) * math.pi / 2) / c0) ** 2
-    return _finish(torch.sqrt((1 - abar) / abar), device, dtype)
+    return _finish(torch.sqrt((1 - abar) / abar), device, dtype, n=n, sigma_min=sigma_min, sigma_max=sigma_max)
 
 
 NAMES = {"karras": karras, "exponential": exponential, "logsnr_uniform": logsnr_uniform,
