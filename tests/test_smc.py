@@ -3,7 +3,7 @@
 - The weight rate G of every target is checked against the Feynman–Kac PDE itself: with Gaussian experts,
   G_full = (σ Δp̃ − ∂_σ p̃)/p̃ = −∂_σ φ + σ (Δφ + ‖∇φ‖²) from exact log-densities (autograd for ∇ and Δ, a central
   difference in σ); it must differ from smc's rate by a constant in x (the dropped Laplacian constants).
-- K = 1 without weights is exactly the ancestral SDE of the guided denoiser (same generator, same draws).
+- K = 1 is exactly the SDE sampler (DPM-Solver++(2M) SDE, ancestral Euler) on the guided denoiser (same draws).
 - Systematic resampling: the expected counts are M·w exactly (integrated over the uniform in closed form).
 - Sampling targets with closed forms: CFG's geometric tilt of two Gaussians that share nothing special (class
   covariance Σ_c, unconditional Σ_u = Σ_c + B with B ⪰ 0 in another eigenbasis, so Λ_u ⪯ Λ_c and the tilt's

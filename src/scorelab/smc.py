@@ -51,15 +51,19 @@ Everything is computed from the denoiser values that the drift (S) needs anyway,
 Σ_i a_i D_i + (1 − Σ_i a_i) x + σ² ∇ℓ (for CFG exactly the guided denoiser D_u + γ (D_c − D_u)): no extra
 network evaluations.
 
-**Discretisation.** A step σ → σ' is the ancestral step of `samplers.euler_ancestral` on D_φ (σ_down, σ_up from
-`samplers.ancestral_step`; with η = 1 the exact DDPM posterior step), and the weight increment the left-point
-rule log w += G_σ(x_σ) (σ − σ'). Particles start from N(0, σ_0² / Σ_i a_i) (the noised target at large σ_0)
-with log w = ℓ_σ0(x).
+**Discretisation.** A step σ → σ' applies a stochastic sampler of `scorelab.samplers` to D_φ: by default
+DPM-Solver++(2M) SDE (`samplers.dpmpp_2m_sde`, second order in its drift, the previous step's D_φ carried along
+with each particle through resampling), or the ancestral step of `samplers.euler_ancestral`; both are members
+of (S) (with η² = `eta` resp. η = `eta`), and G does not depend on which. The weight increment is the
+trapezoidal rule in σ, log w += ½ (G_σ(x_σ) + G_σ'(x_σ')) (σ − σ'), where G_σ'(x_σ') comes from the evaluation
+the next step makes anyway (the left point alone on the last step). Particles start from N(0, σ_0² / Σ_i a_i)
+(the noised target at large σ_0) with log w = ℓ_σ0(x).
 
-**Resampling.** K particles per sample form a group; after a step whose σ' lies in `resample_window`, a group
-whose effective sample size ESS = (Σ w)² / Σ w² ∈ [1, K] is below `ess_threshold`·K is resampled
-systematically (`systematic_resample`: unbiased, each count ⌊K w_k⌋ or ⌈K w_k⌉) and its weights reset. At the
-end one particle per group is drawn with the final weights. ESS is reported per step.
+**Resampling.** The particles form populations: K per sample (`population="sample"`), or all n·K together
+(`population="batch"`, as the paper's image sampler). At a grid point inside `resample_window`, a population
+whose effective sample size ESS = (Σ w)² / Σ w² ∈ [1, size] is below `ess_threshold`·size is resampled
+systematically (`systematic_resample`: unbiased, each count ⌊M w_k⌋ or ⌈M w_k⌉) and its weights reset. At the
+end the samples are drawn from each population with the final weights. ESS is reported at every grid point.
 """
 from __future__ import annotations
 
@@ -383,8 +387,8 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
       drawn from it at the end by systematic resampling (the paper's image sampler; error O(1/(nK)), samples
       correlated); only for a target that is the same for every sample (conditioning equal across the batch);
     - `sigmas`: a strictly decreasing grid (default `schedules.karras(64)`), ending in 0 or at a σ > 0;
-    - `eta` ≥ 0: the SDE's noise (η of (S); 1 = the DDPM-like ancestral step; 0 = no noise, and then resampled
-      copies never separate);
+    - `solver`: "dpmpp_2m_sde" (default) or "euler_ancestral", the step as in `scorelab.samplers`; `eta` ≥ 0 its
+      noise (1: the reverse SDE; 0: no noise, and then resampled copies never separate);
     - `resample_window` (σ_lo, σ_hi): resample only at grid points σ_i (0 < i < steps) with
       σ_lo ≤ σ_i ≤ σ_hi (default: everywhere); `ess_threshold` in [0, 1]: resample a population when
       ESS < ess_threshold · (its size) (1: at every such point whenever the weights differ; 0: never);
@@ -395,7 +399,8 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
 
     Weights use the trapezoidal rule over each step, G at σ_i taken from the evaluation that the next step's
     drift makes anyway (left-point on the last step), so the NFE is that of the plain SDE: steps × experts per
-    particle. ESS entry i is measured at σ_(i+1), before any resampling there.
+    particle. ESS entry i is measured at σ_(i+1), before any resampling there. With one particle the result is
+    exactly the chosen sampler run on D_φ (for `cfg`: on the guided denoiser) with the same generator.
     """
     tilt = _as_target(target)
     n = check_positive_int(n, name="n")
