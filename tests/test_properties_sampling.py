@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scorelab as sl
@@ -127,11 +127,6 @@ def test_sigma_range_schedule(name, data):
     if name == "vp_cosine" and hi > 1e3:   # beyond ~1e3 the cosine's t(σ_max) rounds to 1 (σ = ∞)
         hi, lo = 1e3, min(lo, 1e3 / 1.2)
     extra = {"rho": data.draw(st.floats(0.5, 10.0), label="rho")} if name == "karras" else {}
-    # karras computes (hi + ramp·(lo − hi))^ρ with hi, lo = σ_max^(1/ρ), σ_min^(1/ρ): σ_min comes back with a
-    # relative error of ~ε·(σ_max/σ_min)^(1/ρ), and the grid collapses (an error about `sigmas`) once that ratio
-    # nears 1/ε: see test_karras_small_rho_wide_range below. Property checked where the formula is well conditioned.
-    conditioning = (hi / lo) ** (1 / extra["rho"]) if name == "karras" else 1.0
-    assume(conditioning < 1e10)
     bad = data.draw(st.sampled_from([None] * 4 + ["n", "n type", "sigma_min", "sigma_max", "rho"]), label="malformed")
     if bad == "rho" and name != "karras":
         bad = None
@@ -144,24 +139,18 @@ def test_sigma_range_schedule(name, data):
         with pytest.raises((ValueError, TypeError), match="n" if bad == "n type" else bad):
             fn(kwargs.pop("n"), **kwargs)
         return
-    # A grid checked in float64 and then cast may tie neighbours in float32 (a grid no sampler accepts): the
-    # examples where the float64 grid does not survive the cast are left out, see
-    # test_narrow_sigma_range below.
     try:
-        reference = fn(n, sigma_min=lo, sigma_max=hi, dtype=torch.float64, **extra).to(dtype)
-    except ValueError as e:            # a range too narrow for n steps even in float64 (vp_cosine: 1e-9)
-        assert "is too close to sigma_min" in str(e), e
-        assume(False)
-    assume(bool((reference[1:] < reference[:-1]).all()))
-    s = fn(n, sigma_min=lo, sigma_max=hi, dtype=dtype, **extra)
+        s = fn(n, sigma_min=lo, sigma_max=hi, dtype=dtype, **extra)
+    except ValueError as e:            # a range too narrow for n steps in dtype: refused by the arguments' names
+        assert "sigma_max" in str(e) and f"n={n}" in str(e), e
+        return
     _check_grid(s, n, dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-9
     if name == "vp_cosine":             # σ = sqrt((1 − ᾱ)/ᾱ): 1 − ᾱ ≈ σ² carries a float64 error of ~ε/σ²
         tol = max(tol, 4 * 2.2e-16 / lo ** 2)
-    tol_min = max(tol, 4 * 2.2e-16 * conditioning)
     assert math.isclose(float(s[0]), hi, rel_tol=tol), (float(s[0]), hi)
     if n > 1:
-        assert math.isclose(float(s[-2]), lo, rel_tol=tol_min), (float(s[-2]), lo)
+        assert math.isclose(float(s[-2]), lo, rel_tol=tol), (float(s[-2]), lo)
 
 
 def test_karras_small_rho_wide_range():
