@@ -68,6 +68,8 @@ def test_operator_matches_dense_matrix_and_peers(k):
     for b in range(3):
         want = torch.linalg.solve(0.3 * torch.eye(mat.shape[0], dtype=f64) + beta[b] * mat @ mat.T, y[b].reshape(-1))
         assert torch.allclose(got[b], want, atol=1e-10)
+    dense = inverse.Operator.gram_solve(op, y, 0.3, beta)          # the base class's dense fallback
+    assert torch.allclose(dense.reshape(3, -1), got, atol=1e-9)
     # float32 inputs stay float32
     assert op.A(x.float()).dtype == torch.float32 and op.AT(y.float()).dtype == torch.float32
 
