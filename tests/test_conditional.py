@@ -147,3 +147,15 @@ def test_cfg_on_conditional_analytic_models(labelled):
     x_t, labels = _noisy(x, 10), torch.arange(10)
     torch.testing.assert_close(guided(x_t, 1.0, class_labels=labels),
                                g(x_t, 1.0) + 2.0 * (g(x_t, 1.0, class_labels=labels) - g(x_t, 1.0)))
+
+
+@pytest.mark.parametrize("make", [lambda x, y: sl.Empirical(x), lambda x, y: sl.KNN(x, k=4, index="torch"),
+                                  lambda x, y: sl.GMM.fit(x, n_components=2, covariance="diag", max_iter=3),
+                                  lambda x, y: sl.CFDM(x, smoothing=0.1, n_draws=2)],
+                         ids=["empirical", "knn", "gmm", "cfdm"])
+def test_query_of_another_shape_with_the_same_size_is_refused(labelled, make):
+    """x [B, 4, 16] holds as many numbers as [B, 1, 8, 8] but is not an image of the data's shape."""
+    x, y = labelled
+    model = make(x[:50], y[:50])
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 1, 8, 8\]"):
+        model(torch.randn(2, 4, 16, dtype=x.dtype), 1.0)

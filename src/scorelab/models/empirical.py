@@ -193,7 +193,7 @@ def load_rows(tensors: dict, config: dict):
 
 def check_query(x, dim: int, shape: tuple, name: str = "x") -> torch.Tensor:
     check_tensor(x, name=name, min_ndim=2)
-    if int(np.prod(x.shape[1:])) != dim:
+    if int(np.prod(x.shape[1:])) != dim or tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"{name} must have shape [B, {', '.join(map(str, shape))}] like the data; "
                          f"got {tuple(x.shape)}")
     return x

@@ -223,7 +223,7 @@ class GMM(ByClass):
 
     def __call__(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         check_tensor(x, name="x", min_ndim=2)
-        if math.prod(x.shape[1:]) != self.dim:
+        if tuple(x.shape[1:]) != tuple(self.shape_):
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.shape_))}]; got {tuple(x.shape)}")
         by_class = self._by_class("__call__", x, class_labels, sigma)
         if by_class is not None:
