@@ -17,8 +17,6 @@ autoguidance) so a later --features inception pass does not sample again.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 
 import torch
@@ -27,7 +25,7 @@ import scorelab as sl
 from scorelab.metrics.frechet import feature_stats, frechet_distance
 
 from . import record
-from .common import add_output_arguments, fashion_mnist, load_unet, show, unet_network
+from .common import add_output_arguments, cached_run, fashion_mnist, load_unet, show, unet_network
 
 SOLVERS = {  # name: (sampler, sampler options); churn settings are EDM's (Karras et al. 2022, Table 5, ImageNet)
     "heun": ("heun", {}),
@@ -55,21 +53,8 @@ def row_key(r: dict) -> tuple:
 
 
 def cached_samples(key: dict, run):
-    """Images of a run from the cache (keyed by everything that determines them), else `run()`, stored atomically."""
-    from scorelab._io import atomic_path
-
-    key = {**key, "torch": str(torch.__version__)}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = record.cache_dir("autoguidance") / f"{digest}.pt"
-    if path.exists():
-        saved = torch.load(path)
-        if saved["key"] == key:
-            return saved["result"]
-    res = run()
-    result = dict(images=res.images, nfe=res.nfe, network_nfe=res.network_nfe, seconds=res.seconds)
-    with atomic_path(path, ".pt") as tmp:
-        torch.save({"key": key, "result": result}, tmp)
-    return result
+    """Images, NFE and seconds of a run from the cache (keyed by everything that determines them), else `run()`."""
+    return cached_run("autoguidance", key, run, ("images", "nfe", "network_nfe", "seconds"))[0]
 
 
 def features(images, kind: str):

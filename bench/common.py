@@ -147,3 +147,28 @@ def best_time(fn, reps: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def cached_run(folder: str, key: dict, run, fields, prefix: str = ""):
+    """(the fields of a sampling run as a dict, whether it came from the cache): the run whose `key` (everything
+    that determines its images; the torch version is added) was stored before under the cache's `folder`, else
+    `run()` (a `SampleResult`), whose attributes `fields` are stored atomically (`scorelab._io.atomic_path`)."""
+    import hashlib
+    import json
+
+    import torch
+
+    from scorelab._io import atomic_path
+
+    key = {**key, "torch": str(torch.__version__)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir(folder) / f"{prefix}{digest}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        if saved["key"] == key:
+            return saved["run"], True
+    res = run()
+    values = {f: getattr(res, f) for f in fields}
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({"key": key, "run": values}, tmp)
+    return values, False

@@ -28,7 +28,6 @@ unskipped run is cached on disk (the scorelab cache's teleport/ folder), so only
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,8 @@ import scorelab as sl
 from scorelab._io import atomic_path
 
 from . import record
-from .common import add_output_arguments, fashion_mnist, load_unet, show, teleport_row_order, unet_network
+from .common import (add_output_arguments, cached_run, fashion_mnist, load_unet, show, teleport_row_order,
+                     unet_network)
 
 CONFIGS = "heun:18,heun:35,dpmpp_2m:10,dpmpp_2m:20,unipc:10,unipc:20"
 SKIPS = "0,0.1,0.2,0.3,0.4,0.5,auto"
@@ -137,24 +137,13 @@ def inception_row(row: dict, images, base_images, ref) -> None:
 def cached_base_run(run, key: dict):
     """The unskipped run of a solver (images, NFE, seconds) from the cache's teleport/ folder when an earlier run had
     the same `key` (network sha256, solver, steps, n, seed, batch size, compile, torch version), else `run()`,
-    stored atomically (`scorelab._io.atomic_path`). Every `--update` pass needs the unskipped run for its paired
+    stored atomically (`common.cached_run`). Every `--update` pass needs the unskipped run for its paired
     differences; this makes it free after the first time."""
-    import hashlib
     from types import SimpleNamespace
 
-    key = {**key, "torch": str(torch.__version__)}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = record.cache_dir("teleport") / f"base-{digest}.pt"
-    if path.exists():
-        saved = torch.load(path)
-        if saved["key"] == key:
-            return SimpleNamespace(**saved["run"], cached=True)
-    res = run()
-    fields = dict(images=res.images, nfe=res.nfe, seconds=res.seconds, skip_index=res.skip_index,
-                  sigma_skip=res.sigma_skip)
-    with atomic_path(path, ".pt") as tmp:
-        torch.save({"key": key, "run": fields}, tmp)
-    return SimpleNamespace(**fields, cached=False)
+    fields, cached = cached_run("teleport", key, run, ("images", "nfe", "seconds", "skip_index", "sigma_skip"),
+                                prefix="base-")
+    return SimpleNamespace(**fields, cached=cached)
 
 
 def features_of(images, kind: str):

@@ -99,3 +99,13 @@ class ByClass:
             index[batch_dim] = rows.to(res.device)
             out[tuple(index)] = res
         return out
+
+    def _sample_by_class(self, n: int, class_labels, sigma, generator, like: torch.Tensor) -> torch.Tensor:
+        """n draws, row i from the model of class class_labels[i] (`sample` of each class's model); `like`: a
+        tensor of the model's dtype and device."""
+        labels = self._labels(class_labels, n)
+        out = like.new_empty(n, *self.shape_)
+        for c in labels.unique().tolist():
+            rows = (labels == c).nonzero().reshape(-1)
+            out[rows.to(out.device)] = self.class_models_[c].sample(len(rows), sigma, generator)
+        return out

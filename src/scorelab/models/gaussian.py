@@ -263,12 +263,7 @@ class Gaussian(ByClass):
         `class_labels` (an int or [n] ints): draw row i from class class_labels[i]'s Gaussian."""
         n = check_positive_int(n, name="n")
         if class_labels is not None:
-            labels = self._labels(class_labels, n)
-            out = self.mean_.new_empty(n, *self.shape_)
-            for c in labels.unique().tolist():
-                rows = (labels == c).nonzero().reshape(-1)
-                out[rows.to(out.device)] = self.class_models_[c].sample(len(rows), sigma, generator)
-            return out
+            return self._sample_by_class(n, class_labels, sigma, generator, self.mean_)
         s = check_sigma(sigma, name="sigma")
         if s.numel() != 1:
             raise ValueError(f"sigma must be a single noise level for sample; got shape {tuple(s.shape)}")

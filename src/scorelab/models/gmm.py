@@ -255,12 +255,7 @@ class GMM(ByClass):
         """Exact draws from the noised mixture p_σ (row i from class class_labels[i]'s mixture if given)."""
         n = check_positive_int(n, name="n")
         if class_labels is not None:
-            labels = self._labels(class_labels, n)
-            out = self.means_.new_empty(n, *self.shape_)
-            for c in labels.unique().tolist():
-                rows = (labels == c).nonzero().reshape(-1)
-                out[rows.to(out.device)] = self.class_models_[c].sample(len(rows), sigma, generator)
-            return out
+            return self._sample_by_class(n, class_labels, sigma, generator, self.means_)
         c = torch.multinomial(self.weights_.cpu().double(), n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64).to(self.device, self.dtype)
         out = self.means_.reshape(self.n_components, -1)[c.to(self.device)].clone()
