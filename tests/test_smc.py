@@ -216,8 +216,8 @@ def test_fkc_corrects_cfg_towards_the_geometric_tilt(cfg_runs):
     per_sample, r = cfg_runs[8, "sample"]
     pooled, _ = cfg_runs[8, "batch"]
     assert plain > 0.15 and sde > 0.1                 # CFG misses the tilt (Bradley & Nakkiran 2025)
-    assert per_sample < 0.65 * plain and per_sample < 0.8 * sde
-    assert pooled < 0.45 * plain
+    assert per_sample < 0.35 * plain and per_sample < 0.5 * sde    # measured: 0.048 vs 0.229 (Heun), 0.128 (SDE)
+    assert pooled < 0.25 * plain                                     # measured: 0.032
     assert r.ess.shape == (len(SIGMAS) - 1, 2000) and ((r.ess >= 1 - 1e-9) & (r.ess <= 8 + 1e-9)).all()
     assert r.resampled[:-1].float().mean() > 0.5 and not r.resampled[-1].any()
     assert r.nfe == 2 * 128 and r.cost == 8 * 2 * 128
