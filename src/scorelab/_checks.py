@@ -114,3 +114,14 @@ def check_fraction(value, *, name: str, low: float = 0.0, high: float = 1.0) -> 
     if not (low <= value <= high) or math.isnan(value):
         raise ValueError(f"{name} must be in [{low}, {high}]; got {value}")
     return value
+
+
+def check_finite(value, *, name: str) -> float:
+    """A finite number as a float; TypeError/ValueError naming `name` otherwise."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    return out

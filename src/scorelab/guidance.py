@@ -31,20 +31,10 @@ import math
 
 import torch
 
-from ._checks import sigma_view
+from ._checks import check_finite, sigma_view
 from .protocol import check_denoiser, device_of, slice_cond
 
 __all__ = ["Guided", "cfg", "autoguidance"]
-
-
-def _check_scale(scale, name="scale") -> float:
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number; got {type(scale).__name__}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {scale!r}")
-    return value
 
 
 def _check_interval(interval):
@@ -71,7 +61,7 @@ class Guided:
     def __init__(self, positive, negative, scale, *, interval=None, negative_cond=None):
         self.positive = check_denoiser(positive, name="positive")
         self.negative = check_denoiser(negative, name="negative")
-        self.scale = _check_scale(scale)
+        self.scale = check_finite(scale, name="scale")
         self.interval = _check_interval(interval)
         self.negative_cond = negative_cond or (lambda cond: cond)
         self.network_evals = 0

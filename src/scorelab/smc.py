@@ -72,22 +72,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_positive_int, check_sigmas, check_tensor
+from ._checks import check_finite, check_positive_int, check_sigmas, check_tensor
 from .protocol import check_denoiser, check_extra_args, device_of, network_evals, sample_shape
 from .samplers import ancestral_step
 
 __all__ = ["Tilt", "GaussianLikelihood", "cfg", "anneal", "product", "posterior", "sample", "posterior_sample",
            "SMCResult", "systematic_resample", "ess"]
-
-
-def _check_number(value, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__}") from None
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite; got {value!r}")
-    return out
 
 
 def _sqnorm(v: torch.Tensor) -> torch.Tensor:
@@ -115,10 +105,10 @@ class GaussianLikelihood:
                 raise TypeError(f"op must have callable methods A(x) and AT(y); {type(op).__name__} has no {name}")
         self.op = op
         self.y = check_tensor(y, name="y")
-        self.sigma_y = _check_number(sigma_y, "sigma_y")
+        self.sigma_y = check_finite(sigma_y, name="sigma_y")
         if self.sigma_y <= 0:
             raise ValueError(f"sigma_y must be > 0 (the observation noise's standard deviation); got {sigma_y}")
-        self.kappa = _check_number(kappa, "kappa")
+        self.kappa = check_finite(kappa, name="kappa")
         if self.kappa < 0:
             raise ValueError(f"kappa must be >= 0; got {kappa}")
 
@@ -170,7 +160,7 @@ class Tilt:
         exponents = list(exponents) if isinstance(exponents, (list, tuple)) else [exponents]
         if len(exponents) != len(self.experts):
             raise ValueError(f"exponents must have one entry per expert ({len(self.experts)}); got {len(exponents)}")
-        self.exponents = [_check_number(a, f"exponents[{i}]") for i, a in enumerate(exponents)]
+        self.exponents = [check_finite(a, name=f"exponents[{i}]") for i, a in enumerate(exponents)]
         if not sum(self.exponents) > 0:
             raise ValueError(f"the exponents must sum to > 0 (the target at large sigma is N(0, sigma^2 / sum)); "
                              f"got {self.exponents}")
@@ -240,7 +230,7 @@ def cfg(denoiser, scale, uncond=None, *, key: str = "class_labels", null=None) -
     called without `key` — as `scorelab.guidance.cfg`. Pass the condition with `sample(..., extra_args=)`."""
     if not isinstance(key, str):
         raise TypeError(f"key must be the name of the conditioning argument (a str); got {type(key).__name__}")
-    gamma = _check_number(scale, "scale")
+    gamma = check_finite(scale, name="scale")
     if uncond is None:
         negative, neg_cond = denoiser, (lambda cond: {**cond, key: null})
     else:
@@ -250,7 +240,7 @@ def cfg(denoiser, scale, uncond=None, *, key: str = "class_labels", null=None) -
 
 def anneal(denoiser, beta) -> Tilt:
     """Temperature annealing p^β as the path q_σ^β: drift βD + (1 − β)x, rate G = β (β − 1) ‖D − x‖² / σ³."""
-    beta = _check_number(beta, "beta")
+    beta = check_finite(beta, name="beta")
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (an inverse temperature); got {beta}")
     return Tilt([denoiser], [beta])
@@ -421,11 +411,11 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
     grid = [float(s) for s in check_sigmas(sigmas)]
     if grid[0] == 0:
         raise ValueError("sigmas must start at a noise level > 0")
-    eta = _check_number(eta, "eta")
+    eta = check_finite(eta, name="eta")
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
     lo, hi = _check_window(resample_window)
-    threshold = _check_number(ess_threshold, "ess_threshold")
+    threshold = check_finite(ess_threshold, name="ess_threshold")
     if not 0 <= threshold <= 1:
         raise ValueError(f"ess_threshold must be in [0, 1] (a fraction of the particles); got {ess_threshold}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
