@@ -1,12 +1,11 @@
 """from_diffusers: a tiny random UNet2DModel in σ-space; σ-space Euler on the DDIM σ grid must reproduce
 diffusers' own DDIMScheduler loop (η = 0) to float64 round-off, for ε-, v- and sample-prediction."""
+import diffusers
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
-import scorelab as sl  # noqa: E402
-from scorelab.nets.diffusers import ddim_sigmas, from_diffusers  # noqa: E402
+import scorelab as sl
+from scorelab.nets.diffusers import ddim_sigmas, from_diffusers
 
 
 def _euler(denoiser, x, sigmas):
