@@ -26,6 +26,7 @@ _LAZY = {
     "Gaussian": ("scorelab.models.gaussian", "Gaussian"),
     "GMM": ("scorelab.models.gmm", "GMM"),
     "Empirical": ("scorelab.models.empirical", "Empirical"),
+    "ShardedEmpirical": ("scorelab.models.sharded", "ShardedEmpirical"),
     "KNN": ("scorelab.models.knn", "KNN"),
     "CFDM": ("scorelab.models.cfdm", "CFDM"),
     "ELS": ("scorelab.models.local", "ELS"),

@@ -103,10 +103,23 @@ def _check_solver_opts(fn, name: str, opts: dict) -> None:
         raise TypeError(f"solver {name!r} has no option {', '.join(bad)}; its options are {allowed or 'none'}")
 
 
+def _check_indices(indices, n: int) -> list[int]:
+    try:
+        out = [int(i) for i in indices]
+        ok = all(float(i) == j for i, j in zip(indices, out))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or any(i < 0 for i in out) or len(set(out)) != len(out):
+        raise ValueError(f"indices must be distinct integers >= 0; got {indices!r}"[:200])
+    if len(out) != n:
+        raise ValueError(f"indices has {len(out)} entries but n={n}; give n=len(indices)")
+    return out
+
+
 def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: int = 0, teleport=None, skip=None,
            sigma_skip=None, warm_history: bool = False, batch_size: int = 64, device=None, dtype=torch.float32,
            callback=None, progress: bool = False, *, steps: int | None = None, extra_args=None, teleport_args=None,
-           skip_data=None, skip_threshold: float = 0.99, **solver_opts) -> SampleResult:
+           skip_data=None, skip_threshold: float = 0.99, indices=None, **solver_opts) -> SampleResult:
     """Draw `n` samples x_0 from `denoiser` by solving from x_T = σ_0·ε on the grid `sigmas` with `solver`.
 
     - `denoiser`: any `scorelab.protocol.Denoiser`, D(x, σ, **cond).
@@ -128,6 +141,9 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
       `diagnostics.suggest_skip(denoiser, teleport, skip_data, sigmas, skip_threshold)` (score-space EV ≥ the
       threshold at every σ ≥ σ_k on the held-out `skip_data`; those reference calls are not counted in `nfe`).
     - `callback(info)`: the sampler's dict plus `batch` (batch index); `progress`: a tqdm bar over steps.
+    - `indices`: draw only these samples of the run (n distinct ints >= 0; default range(n)): image j is sample
+      indices[j], from the generator of (seed, indices[j]); per-sample `extra_args` then follow `indices`' order.
+      One process's share of a sharded run (`scorelab.distributed.sample`).
     Returns a `SampleResult` (images [n, *shape] on `device` in `dtype`, nfe per trajectory, timings).
     """
     t0 = time.perf_counter()
@@ -147,6 +163,7 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
     device = device_of(denoiser) if device is None else torch.device(device)
+    order = range(n) if indices is None else _check_indices(indices, n)
 
     if callable(solver):
         solver_fn, solver_name = solver, getattr(solver, "__name__", "custom")
@@ -182,7 +199,7 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     try:
         for b in range(n_batches):
             idx = slice(b * batch_size, min(n, (b + 1) * batch_size))
-            gens = generators(seed, range(idx.start, idx.stop))
+            gens = generators(seed, order[idx])
             x = per_sample_noise(gens, shape, device, dtype) * float(grid[0])
             run_grid, history = grid, None
             if jump is not None:
