@@ -20,6 +20,7 @@ library returns.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -233,7 +234,7 @@ class DistributedSample:
     nfe: int = 0
     network_nfe: int | None = None
     seconds: float = 0.0
-    result: object = None   # this rank's last SampleResult (None if it ran no batch)
+    result: object = None   # rank 0: a SampleResult of the whole run (all images); elsewhere this rank's last
 
 
 def _run_key(n, seed, batch_size, kwargs) -> str:
@@ -334,6 +335,14 @@ def sample(denoiser, n: int, out, *, seed: int = 0, batch_size: int = 64, resume
                 np.save(f, full)
         shutil.rmtree(parts, ignore_errors=True)
         images = torch.from_numpy(full)
+        if last is None:   # every batch of rank 0 was resumed: one sample for the run's description (grid, NFE)
+            opts = {k: v for k, v in kwargs.items() if k not in ("extra_args", "teleport_args")}
+            for key in ("extra_args", "teleport_args"):
+                if kwargs.get(key):
+                    opts[key] = _slice_args(kwargs[key], n, [0])
+            last = sample_one(denoiser, n=1, seed=seed, batch_size=batch_size, indices=[0], **opts)
+        last = dataclasses.replace(last, images=images, nfe=int(counts[0]), network_nfe=int(counts[1]),
+                                   seconds=time.perf_counter() - t0)
     barrier()
     shares = [sum(min(n, (b + 1) * batch_size) - b * batch_size for b in shard(range(n_batches), rank_=q,
                                                                              world_size_=w)) for q in range(w)]

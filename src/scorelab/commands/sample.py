@@ -55,7 +55,8 @@ def register(sub) -> None:
     c.add_argument("--guide-with", default=None, metavar="FILE|DIR",
                    help="autoguidance: the weaker model to guide with (an earlier or smaller network, or a fitted "
                         "Gaussian .safetensors)")
-    p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                   help="number of samples (default: 64); --num-samples is the spelling torchrun lets through")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i) (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default: 64)")
     p.add_argument("--shape", default=None, metavar="C,H,W",
@@ -244,11 +245,24 @@ def _run(args) -> int:
     denoiser = guided_model(args, model, labels, args.device, dtype if args.dtype == "float64" else None)
     extra_args = {"class_labels": labels} if labels is not None else None
     teleport_args = extra_args if gaussian is not None and model_classes(gaussian) is not None else None
-    result = sample(denoiser, n=args.n, shape=shape, sigmas=sigmas, solver=args.solver, seed=args.seed,
-                    teleport=gaussian, skip=skip, sigma_skip=args.sigma_skip, skip_data=skip_data,
-                    skip_threshold=args.skip_threshold, extra_args=extra_args, teleport_args=teleport_args,
-                    warm_history=args.warm_history, batch_size=args.batch_size, device=args.device, dtype=dtype,
-                    progress=not args.no_progress, **parse_opts(args.opt))
+    kw = dict(shape=shape, sigmas=sigmas, solver=args.solver, seed=args.seed,
+              teleport=gaussian, skip=skip, sigma_skip=args.sigma_skip, skip_data=skip_data,
+              skip_threshold=args.skip_threshold, extra_args=extra_args, teleport_args=teleport_args,
+              warm_history=args.warm_history, batch_size=args.batch_size, device=args.device, dtype=dtype,
+              progress=not args.no_progress, **parse_opts(args.opt))
+    from .. import distributed
+
+    run = None
+    if distributed.init():   # under torchrun: batches dealt out over the ranks, rank 0 writes the outputs
+        if not args.save_samples:
+            raise ValueError("under torchrun, sample needs --save-samples NPY (each rank's batches are written "
+                             "beside it, assembled into it, and a rerun resumes)")
+        run = distributed.sample(denoiser, args.n, args.save_samples, **kw)
+        if run.rank != 0:
+            return 0
+        result = run.result
+    else:
+        result = sample(denoiser, n=args.n, **kw)
     images = result.images.float().cpu()
     if images.ndim == 4 or (images.ndim == 2 and images.shape[1] >= 2):
         result.save_grid(args.out)
@@ -268,7 +282,8 @@ def _run(args) -> int:
                    guide_with=args.guide_with, **result.summary(),
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                    images_per_second=round(args.n / max(result.seconds, 1e-9), 3), out=out_png,
-                   samples=args.save_samples)
+                   samples=args.save_samples, world_size=1 if run is None else run.world_size,
+                   samples_per_rank=[args.n] if run is None else run.shares)
     if args.json:
         write_json(args.json, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "sigmas"}))

@@ -1,0 +1,244 @@
+"""scorelab.distributed: the same answers on 1, 2 and 3 gloo processes on 127.0.0.1.
+
+Each multi-process check launches real processes with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)
+or torchrun itself, with a free port, a timeout on every wait and the children killed in a finally. One worker
+run per world size covers sampling (bit-identical images), all-reduced FID statistics and the sharded exact
+denoiser, to keep process start-ups (each imports torch) few."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scorelab as sl
+from scorelab import distributed
+from scorelab.metrics.stats import feature_stats
+
+TIMEOUT = 90   # seconds for a whole launch (normally ~5-10 s)
+
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    import scorelab as sl
+    from scorelab import distributed
+
+    out, data_path, feats_path, query_path = sys.argv[1:5]
+    assert distributed.init(timeout=60)
+    r, w = distributed.rank(), distributed.world_size()
+    g = sl.Gaussian.load(data_path.replace(".npy", ".safetensors"))
+    # sampling: a stochastic sampler (per-sample step noise), uneven batches (10 samples, batches of 3)
+    run = distributed.sample(g, 10, out + "/samples.npy", seed=5, batch_size=3, steps=4, solver="euler_ancestral")
+    # statistics: rank r holds rows r::W of the features (uneven shares for W=3; rank 0's first row starts it)
+    feats = torch.from_numpy(np.load(feats_path))
+    st = distributed.feature_stats(feats[r::w])
+    # the sharded exact denoiser, memory-mapped from the .npy; every rank evaluates the same queries
+    q = torch.from_numpy(np.load(query_path))
+    model = sl.ShardedEmpirical(data_path, chunk_size=7)
+    flipped = sl.ShardedEmpirical(data_path, flip=True, chunk_size=7)
+    dens = {s: model(q, s) for s in (0.01, 0.3, 3.0)}
+    dens["flip"] = flipped(q, 0.3)
+    torch.save(dict(rank=r, world_size=w, shares=run.shares, mu=st.mu, sigma=st.sigma, n=st.n, shard=(model.shard_.start, model.shard_.stop),
+                    dens=dens, images=None if run.images is None else run.images), f"{out}/rank{r}.pt")
+    distributed.close()
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def wait_all(procs, timeout=TIMEOUT):
+    """Wait for every process within `timeout` seconds in all; kill the rest on timeout. Returns their outputs."""
+    deadline = time.monotonic() + timeout
+    outs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    return outs
+
+
+def launch(script: Path, world: int, args, tmp) -> list:
+    """WORLD processes with torchrun's environment on 127.0.0.1; returns their outputs (fails on a non-zero exit)."""
+    port = free_port()
+    procs = []
+    try:
+        for r in range(world):
+            env = child_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world,
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            procs.append(subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env, cwd=tmp,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    finally:
+        outs = wait_all(procs)
+    for r, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"rank {r} of {world} exited {p.returncode}:\n{out[-3000:]}"
+    return outs
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(31, 1, 3, 4, generator=gen, dtype=torch.float64).float() * 2 - 1
+    np.save(tmp / "data.npy", data.numpy())
+    sl.Gaussian.fit(data).save(tmp / "data.safetensors")
+    feats = torch.randn(41, 6, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 3, 6) + 100.0
+    np.save(tmp / "feats.npy", feats.numpy())
+    query = data[:5] + 0.2 * torch.randn(5, 1, 3, 4, generator=gen)
+    np.save(tmp / "query.npy", query.numpy())
+    (tmp / "worker.py").write_text(WORKER)
+    return tmp, data, feats, query
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def runs(request, problem):
+    tmp, *_ = problem
+    world = request.param
+    out = tmp / f"w{world}"
+    out.mkdir()
+    launch(tmp / "worker.py", world, [out, tmp / "data.npy", tmp / "feats.npy", tmp / "query.npy"], tmp)
+    return world, out, [torch.load(out / f"rank{r}.pt") for r in range(world)]
+
+
+def test_images_bit_identical_to_single_process(problem, runs):
+    tmp, *_ = problem
+    world, out, results = runs
+    g = sl.Gaussian.load(tmp / "data.safetensors")
+    ref = sl.sample(g, n=10, seed=5, batch_size=3, steps=4, solver="euler_ancestral").images
+    assembled = torch.from_numpy(np.load(out / "samples.npy"))
+    assert torch.equal(assembled, ref)
+    assert torch.equal(results[0]["images"], ref)
+    assert sum(results[0]["shares"]) == 10 and len(results[0]["shares"]) == world
+    assert results[0]["shares"] == {2: [6, 4], 3: [4, 3, 3]}[world]   # batches of 3 dealt round-robin
+    assert not any(p.name.startswith("samples.npy.parts") for p in out.iterdir())   # parts removed once assembled
+
+
+def test_feature_stats_equal_single_process(problem, runs):
+    _, _, feats, _ = problem
+    world, _, results = runs
+    ref = feature_stats(feats)
+    for res in results:   # every rank holds the reduced statistics
+        assert res["n"] == 41
+        torch.testing.assert_close(res["mu"], ref.mu, rtol=1e-12, atol=0)
+        assert ((res["sigma"] - ref.sigma).abs().max() / ref.sigma.abs().max()).item() < 1e-9
+
+
+def test_sharded_empirical_equals_empirical(problem, runs):
+    tmp, data, _, query = problem
+    world, _, results = runs
+    shards = [res["shard"] for res in results]
+    assert shards[0][0] == 0 and shards[-1][1] == 31 and all(a[1] == b[0] for a, b in zip(shards, shards[1:]))
+    full, flipped = sl.Empirical(data), sl.Empirical(data, flip=True)
+    for res in results:
+        for s in (0.01, 0.3, 3.0):
+            torch.testing.assert_close(res["dens"][s], full(query, s), rtol=0, atol=1e-6)
+        torch.testing.assert_close(res["dens"]["flip"], flipped(query, 0.3), rtol=0, atol=1e-6)
+    # σ = 0.01 lands on the nearest training point, which lives on one rank only
+    nearest = data[((query[:, None] - data[None]) ** 2).flatten(2).sum(-1).argmin(1)]
+    torch.testing.assert_close(results[-1]["dens"][0.01], nearest, rtol=0, atol=1e-6)
+
+
+def test_single_process_is_the_library(tmp_path, problem):
+    tmp, data, feats, query = problem
+    assert not distributed.init() and not distributed.is_distributed()
+    assert distributed.rank() == 0 and distributed.world_size() == 1
+    assert distributed.shard(range(7), rank_=1, world_size_=3) == [1, 4]
+    assert list(distributed.block(10, rank_=2, world_size_=3)) == [6, 7, 8, 9]
+    assert torch.equal(sl.ShardedEmpirical(tmp / "data.npy")(query, 0.3), sl.Empirical(data)(query, 0.3))
+    st, ref = distributed.feature_stats(feats), feature_stats(feats)
+    assert torch.equal(st.sigma, ref.sigma) and st.n == ref.n
+    g = sl.Gaussian.load(tmp / "data.safetensors")
+    run = distributed.sample(g, 5, tmp_path / "x.npy", seed=1, batch_size=2, steps=3)
+    assert torch.equal(run.images, sl.sample(g, n=5, seed=1, batch_size=2, steps=3).images)
+    assert run.world_size == 1 and run.shares == [5] and run.result.images.shape[0] == 5
+
+
+def test_resume_skips_finished_batches(tmp_path, problem):
+    tmp, *_ = problem
+    g = sl.Gaussian.load(tmp / "data.safetensors")
+    ref = sl.sample(g, n=7, seed=2, batch_size=3, steps=3).images
+    calls = []
+    counted = lambda x, s: (calls.append(len(x)), g(x, s))[1]   # noqa: E731
+    counted.shape_ = g.shape_
+    key = distributed._run_key(7, 2, 3, dict(steps=3))
+    parts = tmp_path / f"x.npy.parts-{key}"
+    parts.mkdir()
+    np.save(parts / "0000001.npy", ref[3:6].numpy())          # batch 1 done before an interruption
+    (parts / "0000002.npy").write_bytes(b"half-written")        # not a readable part: redone
+    run = distributed.sample(counted, 7, tmp_path / "x.npy", seed=2, batch_size=3, steps=3)
+    assert run.resumed == 1 and sorted(set(calls)) == [1, 3]   # batches 0 (3 samples) and 2 (1 sample) only
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "x.npy")), ref) and not parts.exists()
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="out"):
+        distributed.sample(lambda x, s: x, 3, "x.png", shape=(2,))
+    with pytest.raises(TypeError, match="indices"):
+        distributed.sample(lambda x, s: x, 3, "x.npy", shape=(2,), indices=[0, 1, 2])
+    with pytest.raises(ValueError, match="indices"):
+        sl.sample(lambda x, s: x, n=2, shape=(2,), indices=[1, 1])
+    with pytest.raises(ValueError, match="n=3"):
+        sl.sample(lambda x, s: x, n=3, shape=(2,), indices=[0, 1])
+    with pytest.raises(ValueError, match="op"):
+        distributed.all_reduce(torch.zeros(1), "mean")
+    with pytest.raises(FileNotFoundError, match="npy"):
+        sl.ShardedEmpirical("missing.npy")
+
+
+def test_init_rejects_a_broken_environment(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(ValueError, match="RANK"):
+        distributed.init()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        distributed.init()
+
+
+def test_torchrun_cli_as_users_type_it(problem, tmp_path):
+    """`torchrun --nproc-per-node 2 -m scorelab sample --num-samples ...` (and `-- sample --n ...`) give the
+    single-process command's samples, bit for bit."""
+    tmp, *_ = problem
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["sample", "--model", str(tmp / "data.safetensors"), "--batch-size", "2", "--steps", "3",
+              "--solver", "euler_ancestral", "--seed", "4", "--no-progress"]
+    single = subprocess.run([sys.executable, "-m", "scorelab", "--", *common, "--n", "5", "--out", "b.png",
+                             "--save-samples", "b.npy"], cwd=tmp_path, env=child_env(), capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr
+    proc = subprocess.Popen([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                             str(free_port()), "-m", "scorelab", *common, "--num-samples", "5", "--out", "a.png",
+                             "--save-samples", "a.npy", "--json", "a.json"], cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, = wait_all([proc])
+    assert proc.returncode == 0, out[-3000:]
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    import json
+
+    summary = json.loads((tmp_path / "a.json").read_text())
+    assert summary["world_size"] == 2 and summary["samples_per_rank"] == [3, 2] and summary["n"] == 5
+    assert (tmp_path / "a.png").is_file()
