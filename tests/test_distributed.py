@@ -46,8 +46,11 @@ WORKER = textwrap.dedent("""
     flipped = sl.ShardedEmpirical(data_path, flip=True, chunk_size=7)
     dens = {s: model(q, s) for s in (0.01, 0.3, 3.0)}
     dens["flip"] = flipped(q, 0.3)
-    torch.save(dict(rank=r, world_size=w, shares=run.shares, mu=st.mu, sigma=st.sigma, n=st.n, shard=(model.shard_.start, model.shard_.stop),
-                    dens=dens, images=None if run.images is None else run.images), f"{out}/rank{r}.pt")
+    # per-row results over blocks of 4 rows dealt round-robin, gathered back in order on every rank
+    gathered = distributed.map_rows(lambda x: x[:, :2] * 2, feats, size=4, gather=True)
+    torch.save(dict(rank=r, world_size=w, shares=run.shares, mu=st.mu, sigma=st.sigma, n=st.n,
+                    shard=(model.shard_.start, model.shard_.stop), dens=dens, gathered=gathered,
+                    images=None if run.images is None else run.images), f"{out}/rank{r}.pt")
     distributed.close()
 """)
 
@@ -140,7 +143,8 @@ def test_feature_stats_equal_single_process(problem, runs):
     _, _, feats, _ = problem
     world, _, results = runs
     ref = feature_stats(feats)
-    for res in results:   # every rank holds the reduced statistics
+    for res in results:   # every rank holds the reduced statistics, and every gathered row in order
+        assert torch.equal(res["gathered"], feats[:, :2] * 2)
         assert res["n"] == 41
         torch.testing.assert_close(res["mu"], ref.mu, rtol=1e-12, atol=0)
         assert ((res["sigma"] - ref.sigma).abs().max() / ref.sigma.abs().max()).item() < 1e-9
@@ -219,26 +223,44 @@ def test_init_rejects_a_broken_environment(monkeypatch):
         distributed.init()
 
 
-def test_torchrun_cli_as_users_type_it(problem, tmp_path):
-    """`torchrun --nproc-per-node 2 -m scorelab sample --num-samples ...` (and `-- sample --n ...`) give the
-    single-process command's samples, bit for bit."""
-    tmp, *_ = problem
-    torchrun = Path(sys.executable).with_name("torchrun")
-    common = ["sample", "--model", str(tmp / "data.safetensors"), "--batch-size", "2", "--steps", "3",
-              "--solver", "euler_ancestral", "--seed", "4", "--no-progress"]
-    single = subprocess.run([sys.executable, "-m", "scorelab", "--", *common, "--n", "5", "--out", "b.png",
-                             "--save-samples", "b.npy"], cwd=tmp_path, env=child_env(), capture_output=True,
-                            text=True, timeout=TIMEOUT)
-    assert single.returncode == 0, single.stderr
-    proc = subprocess.Popen([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
-                             str(free_port()), "-m", "scorelab", *common, "--num-samples", "5", "--out", "a.png",
-                             "--save-samples", "a.npy", "--json", "a.json"], cwd=tmp_path, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def torchrun(args, cwd) -> str:
+    """`torchrun --nproc-per-node 2 ... -m scorelab ARGS` on 127.0.0.1 (asserts success); returns its output."""
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "scorelab", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, = wait_all([proc])
     assert proc.returncode == 0, out[-3000:]
-    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    return out
+
+
+def test_torchrun_cli_as_users_type_it(problem, tmp_path):
+    """`torchrun --nproc-per-node 2 -m scorelab sample --num-samples ...` gives the single-process command's
+    samples bit for bit (`python -m scorelab -- sample --n ...`: the `--` form works under torchrun too), and
+    `metrics fid` the single-process FID to 1e-9 with the statistics all-reduced."""
     import json
 
+    from scorelab import cli
+
+    tmp, *_ = problem
+    common = ["sample", "--model", tmp / "data.safetensors", "--batch-size", "2", "--steps", "3",
+              "--solver", "euler_ancestral", "--seed", "4", "--no-progress"]
+    single = subprocess.run([sys.executable, "-m", "scorelab", "--", *map(str, common), "--n", "5", "--out",
+                             "b.png", "--save-samples", "b.npy"], cwd=tmp_path, env=child_env(),
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr
+    torchrun([*common, "--num-samples", "5", "--out", "a.png", "--save-samples", "a.npy", "--json", "a.json"],
+             tmp_path)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
     summary = json.loads((tmp_path / "a.json").read_text())
     assert summary["world_size"] == 2 and summary["samples_per_rank"] == [3, 2] and summary["n"] == 5
     assert (tmp_path / "a.png").is_file()
+
+    gen = torch.Generator().manual_seed(1)   # 1,100 and 1,300 images: blocks of 500 rows dealt over 2 ranks
+    np.save(tmp_path / "s.npy", (torch.rand(1100, 1, 2, 2, generator=gen) * 1.6 - 0.8).numpy())
+    np.save(tmp_path / "r.npy", (torch.rand(1300, 1, 2, 2, generator=gen) * 2 - 1).numpy())
+    fid = ["metrics", "fid", "--samples", tmp_path / "s.npy", "--data", tmp_path / "r.npy", "--features", "pixels"]
+    torchrun([*fid, "--json", "a_fid.json"], tmp_path)
+    assert cli.main([*map(str, fid), "--json", str(tmp_path / "b_fid.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{k}_fid.json").read_text()) for k in "ab")
+    assert a["world_size"] == 2 and b["world_size"] == 1 and a["n_samples"] == 1100 and a["n_data"] == 1300
+    assert b["fid"] > 0.01 and abs(a["fid"] - b["fid"]) <= 1e-9 * b["fid"]

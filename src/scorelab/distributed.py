@@ -14,7 +14,9 @@ library returns.
   same indices as in a single-process run, so the images are bit-identical for any world size. Each finished
   batch is written atomically to `<out>.parts-<key>/`; rank 0 assembles `out` once all parts exist; a rerun
   skips the batches already written (resume).
-- Statistics (`feature_stats`): float64 Σf and Σfᵀf per rank, one `all_reduce`, the FID statistics (μ, Σ).
+- Statistics (`feature_stats`): float64 Σf and Σfᵀf per rank, one `all_reduce`, the FID statistics (μ, Σ);
+  features are computed per rank over blocks of rows dealt round-robin (`map_rows`, optionally gathered for
+  KID and precision/recall, which need every feature).
 - The exact empirical denoiser over data sharded across ranks: `scorelab.ShardedEmpirical`
   (`models/sharded.py`), combined with `reduce_softmax`.
 """
@@ -34,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["init", "rank", "world_size", "local_rank", "is_distributed", "barrier", "shard", "block",
+__all__ = ["init", "close", "rank", "world_size", "local_rank", "is_distributed", "barrier", "shard", "block", "blocks",
+           "map_rows",
            "all_reduce", "reduce_softmax", "feature_stats", "sample", "DistributedSample", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 600.0   # seconds a collective may wait for the other ranks (SCORELAB_DIST_TIMEOUT overrides)
@@ -212,6 +215,41 @@ def feature_stats(feats: torch.Tensor):
     mu = shift + s / n
     sigma = (ss - torch.outer(s, s) / n) / (n - 1)
     return FeatureStats(mu, (sigma + sigma.T) / 2, n)
+
+
+def blocks(n: int, size: int, *, rank_: int | None = None, world_size_: int | None = None) -> list[range]:
+    """This rank's blocks of `size` consecutive rows of range(n), dealt round-robin (blocks r, r+W, ...)."""
+    starts = shard(range(0, n, size), rank_=rank_, world_size_=world_size_)
+    return [range(a, min(n, a + size)) for a in starts]
+
+
+def map_rows(fn, x, *, size: int = 500, gather: bool = False):
+    """fn (rows [k, ...] → results [k, ...]) over this rank's `blocks` of `size` rows of x; returns this rank's
+    results concatenated, or with gather=True all ranks' results in the order of x's rows, on every rank. The
+    blocks are those a single process uses when `size` is its block size (500: the Inception feature cache's), so
+    results and cache entries do not depend on the world size."""
+    n = int(x.shape[0])
+    mine = blocks(n, size)
+    parts = [fn(x[b.start:b.stop]) for b in mine]
+    if not parts:   # fewer blocks than ranks: this rank's result has 0 rows, shaped like block 0's
+        parts = [fn(x[:1])[:0]]
+    local = torch.cat(parts)
+    if not gather or not is_distributed():
+        return local
+    w = world_size()
+    counts = [sum(len(b) for b in blocks(n, size, rank_=q, world_size_=w)) for q in range(w)]
+    dev = _collective_device()
+    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=dev)
+    padded[:local.shape[0]] = local.to(dev)
+    pieces = [torch.empty_like(padded) for _ in range(w)]
+    _dist().all_gather(pieces, padded)
+    out = torch.empty((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    for q in range(w):
+        at = 0
+        for b in blocks(n, size, rank_=q, world_size_=w):
+            out[b.start:b.stop] = pieces[q][at:at + len(b)].to(local.device)
+            at += len(b)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

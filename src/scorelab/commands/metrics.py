@@ -89,10 +89,20 @@ def _run_fid(args) -> int:
     ref = _load_data(args)
     if tuple(samples.shape[1:]) != tuple(ref.shape[1:]):
         raise ValueError(f"samples have image size {tuple(samples.shape[1:])} but --data has {tuple(ref.shape[1:])}")
-    fs, fr = _features(samples, args, "samples"), _features(ref, args, "data")
+    from .. import distributed
+
+    if distributed.init():   # under torchrun: features of each rank's blocks; (μ, Σ) all-reduced, or all gathered
+        gather = bool(args.kid or args.pr or args.fd_inf)   # for KID, precision/recall and FD∞ (every feature)
+        fs, fr = (distributed.map_rows(lambda x, d=desc: _features(x, args, d), imgs, gather=gather)
+                  for imgs, desc in ((samples, "samples"), (ref, "data")))
+        if not gather:
+            feature_stats = distributed.feature_stats
+    else:
+        fs, fr = _features(samples, args, "samples"), _features(ref, args, "data")
     sr = feature_stats(fr)
     result = {"samples": args.samples, "data": args.data, "split": args.split, "features": args.features,
-              "n_samples": int(fs.shape[0]), "n_data": int(fr.shape[0])}
+              "n_samples": int(samples.shape[0]), "n_data": int(ref.shape[0]),
+              "world_size": distributed.world_size()}
     result["fid"] = frechet_distance(*feature_stats(fs)[:2], sr.mu, sr.sigma)
     if args.kid:
         with _option("--kid"):
@@ -103,6 +113,8 @@ def _run_fid(args) -> int:
         with _option("--pr"):
             pr = precision_recall(fr, fs, k=_positive(args.pr_k, "--pr-k"))
         result["precision"], result["recall"] = pr.precision, pr.recall
+    if distributed.rank() != 0:
+        return 0
     fdi = None
     if args.fd_inf:
         with _option("--fd-inf"):
@@ -118,8 +130,8 @@ def _run_fid(args) -> int:
             save_bar_plot({k: v for k, v in result.items() if k in ("fid", "kid", "precision", "recall")},
                           args.plot, title=f"{args.samples} vs {args.data}/{args.split}")
         result["plot"] = args.plot
-    for name, feats in (("--samples", fs), ("--data", fr)):   # a warning line below 2·D samples (after any error)
-        check_fid_samples(feats.shape[0], feats.shape[1], name=name)
+    for name, n, feats in (("--samples", samples.shape[0], fs), ("--data", ref.shape[0], fr)):   # a warning line
+        check_fid_samples(n, feats.shape[1], name=name)                                          # below 2·D samples
     _write(result, args)
     return 0
 
