@@ -54,6 +54,31 @@ WORKER = textwrap.dedent("""
     distributed.close()
 """)
 
+KILLED = textwrap.dedent("""
+    import os
+    import sys
+    import scorelab as sl
+    from scorelab import distributed
+
+    out, model_path = sys.argv[1:3]
+    distributed.init(timeout=20)
+    g = sl.Gaussian.load(model_path)
+    calls = [0]
+
+    def dying(x, sigma):   # rank 1 exits in its second batch (euler, 3 steps: 3 calls per batch)
+        calls[0] += 1
+        if distributed.rank() == 1 and calls[0] > 3:
+            os._exit(3)
+        return g(x, sigma)
+
+    dying.shape_ = g.shape_
+    try:
+        distributed.sample(dying, 10, out + "/k.npy", seed=5, batch_size=2, steps=3, solver="euler")
+    except distributed.RankLost as e:
+        print("LOST:", e)
+        sys.exit(2)
+""")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -84,8 +109,9 @@ def wait_all(procs, timeout=TIMEOUT):
     return outs
 
 
-def launch(script: Path, world: int, args, tmp) -> list:
-    """WORLD processes with torchrun's environment on 127.0.0.1; returns their outputs (fails on a non-zero exit)."""
+def launch(script: Path, world: int, args, tmp, codes=None) -> list:
+    """WORLD processes with torchrun's environment on 127.0.0.1; returns their outputs. Each must exit with its
+    entry of `codes` (default: all 0)."""
     port = free_port()
     procs = []
     try:
@@ -97,7 +123,8 @@ def launch(script: Path, world: int, args, tmp) -> list:
     finally:
         outs = wait_all(procs)
     for r, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"rank {r} of {world} exited {p.returncode}:\n{out[-3000:]}"
+        expected = 0 if codes is None else codes[r]
+        assert p.returncode == expected, f"rank {r} of {world} exited {p.returncode}:\n{out[-3000:]}"
     return outs
 
 
@@ -195,6 +222,24 @@ def test_resume_skips_finished_batches(tmp_path, problem):
     run = distributed.sample(counted, 7, tmp_path / "x.npy", seed=2, batch_size=3, steps=3)
     assert run.resumed == 1 and sorted(set(calls)) == [1, 3]   # batches 0 (3 samples) and 2 (1 sample) only
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "x.npy")), ref) and not parts.exists()
+
+
+def test_killed_rank_fails_the_others_and_the_rerun_resumes(problem, tmp_path):
+    """Rank 1 of 2 dies in its second batch: rank 0 exits with one RankLost line (no hang, no `out`); a rerun,
+    here on one process, skips the 4 finished batches and gives the single-process images."""
+    tmp, *_ = problem
+    (tmp_path / "killed.py").write_text(KILLED)
+    t0 = time.monotonic()
+    outs = launch(tmp_path / "killed.py", 2, [tmp_path, tmp / "data.safetensors"], tmp_path, codes=[2, 3])
+    assert time.monotonic() - t0 < 60
+    lost = [line for line in outs[0].splitlines() if line.startswith("LOST:")]
+    assert len(lost) == 1 and "rank 0 of 2" in lost[0] and "another rank exited" in lost[0]
+    assert not (tmp_path / "k.npy").exists()
+    g = sl.Gaussian.load(tmp / "data.safetensors")
+    run = distributed.sample(g, 10, tmp_path / "k.npy", seed=5, batch_size=2, steps=3, solver="euler")
+    assert run.resumed == 4 and run.batches == 5
+    ref = sl.sample(g, n=10, seed=5, batch_size=2, steps=3, solver="euler").images
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "k.npy")), ref)
 
 
 def test_bad_input():

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["init", "close", "rank", "world_size", "local_rank", "is_distributed", "barrier", "shard", "block", "blocks",
-           "map_rows",
-           "all_reduce", "reduce_softmax", "feature_stats", "sample", "DistributedSample", "DEFAULT_TIMEOUT"]
+__all__ = ["init", "close", "rank", "world_size", "local_rank", "is_distributed", "barrier", "shard", "block",
+           "blocks", "map_rows", "all_reduce", "reduce_softmax", "RankLost", "feature_stats", "sample",
+           "DistributedSample", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 600.0   # seconds a collective may wait for the other ranks (SCORELAB_DIST_TIMEOUT overrides)
 
@@ -129,14 +129,27 @@ def close() -> None:
         dist.destroy_process_group()
 
 
+class RankLost(ConnectionError):
+    """Another rank exited or did not answer within the timeout: raised by every collective here, one line."""
+
+
+def _collective(what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as e:   # gloo/NCCL: a peer closed its connection, or the timeout expired
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise RankLost(f"rank {rank()} of {world_size()}: {what} failed, another rank exited or timed out "
+                       f"({first})") from None
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():
         dist = _dist()
         if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
+            _collective("barrier", dist.barrier, device_ids=[torch.cuda.current_device()])
         else:
-            dist.barrier()
+            _collective("barrier", dist.barrier)
 
 
 def shard(items, *, rank_: int | None = None, world_size_: int | None = None) -> list:
@@ -167,24 +180,23 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         return t
     dist = _dist()
     buf = t.detach().to(_collective_device(), copy=True).contiguous()
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    _collective("all_reduce", dist.all_reduce, buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return buf.to(t.device)
 
 
-def reduce_softmax(sums):
-    """Combine every rank's partial `SoftmaxSums` (m, z, s) over disjoint sets of points into the statistics of
-    all points: m = max over ranks (one all_reduce), then z and s rescaled by e^{m_r − m} and summed (a second)."""
-    from .models.softmax import SoftmaxSums, _column
-
+def reduce_softmax(m: torch.Tensor, z: torch.Tensor, s: torch.Tensor, *, base2: bool = False):
+    """Combine every rank's partial streamed-softmax statistics over disjoint sets of points (running maximum m
+    [*rows], z = Σ e^{ℓ−m} [*rows], s = Σ e^{ℓ−m} v [*rows, ...]; `models.softmax.SoftmaxSums`) into those of
+    all points: m = max over ranks (one all_reduce), then z and s rescaled by e^{m_r − m} and summed (a second).
+    Returns (m, z, s); unchanged in a single process."""
     if not is_distributed():
-        return sums
-    top = all_reduce(sums.m, "max")
+        return m, z, s
+    top = all_reduce(m, "max")
     safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    scale = torch.exp2(sums.m - safe) if sums.base2 else torch.exp(sums.m - safe)
-    z, s = sums.z * scale, sums.s * _column(scale, sums.s)
+    scale = torch.exp2(m - safe) if base2 else torch.exp(m - safe)
+    z, s = z * scale, s * scale.reshape(*scale.shape, *([1] * (s.ndim - scale.ndim)))
     packed = all_reduce(torch.cat([z.reshape(-1), s.reshape(-1)]), "sum")
-    return SoftmaxSums(top, packed[:z.numel()].reshape(z.shape), packed[z.numel():].reshape(s.shape),
-                       base2=sums.base2)
+    return top, packed[:z.numel()].reshape(z.shape), packed[z.numel():].reshape(s.shape)
 
 
 def feature_stats(feats: torch.Tensor):
@@ -242,7 +254,7 @@ def map_rows(fn, x, *, size: int = 500, gather: bool = False):
     padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=dev)
     padded[:local.shape[0]] = local.to(dev)
     pieces = [torch.empty_like(padded) for _ in range(w)]
-    _dist().all_gather(pieces, padded)
+    _collective("all_gather", _dist().all_gather, pieces, padded)
     out = torch.empty((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
     for q in range(w):
         at = 0
@@ -336,7 +348,7 @@ def sample(denoiser, n: int, out, *, seed: int = 0, batch_size: int = 64, resume
     n_batches = math.ceil(n / batch_size)
     mine = shard(range(n_batches))
     resumed, last, nfe, network_nfe = 0, None, 0, 0
-    for b in mine:
+    for b in mine:   # a rank that dies leaves its finished batches (atomic files) for the rerun; no `out` yet
         part = parts / f"{b:07d}.npy"
         idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
         if resume and part.is_file():

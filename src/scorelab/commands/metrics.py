@@ -81,7 +81,8 @@ def _option(option: str):
 
 
 def _run_fid(args) -> int:
-    from ..metrics.frechet import check_fid_samples, fd_inf, feature_stats, frechet_distance
+    from ..metrics.frechet import check_fid_samples, fd_inf, frechet_distance
+    from ..metrics.frechet import feature_stats as local_stats
     from ..metrics.kid import kid
     from ..metrics.precision_recall import precision_recall
 
@@ -95,9 +96,9 @@ def _run_fid(args) -> int:
         gather = bool(args.kid or args.pr or args.fd_inf)   # for KID, precision/recall and FD∞ (every feature)
         fs, fr = (distributed.map_rows(lambda x, d=desc: _features(x, args, d), imgs, gather=gather)
                   for imgs, desc in ((samples, "samples"), (ref, "data")))
-        if not gather:
-            feature_stats = distributed.feature_stats
+        feature_stats = local_stats if gather else distributed.feature_stats
     else:
+        feature_stats = local_stats
         fs, fr = _features(samples, args, "samples"), _features(ref, args, "data")
     sr = feature_stats(fr)
     result = {"samples": args.samples, "data": args.data, "split": args.split, "features": args.features,

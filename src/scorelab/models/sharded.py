@@ -67,7 +67,7 @@ class ShardedEmpirical(Empirical):
             B = x.shape[0]
             m, z, s = posterior_mean(self.rows_, torch.cat([x, self._flip(x)]), torch.cat([inv_var, inv_var]), **kw)
             sums = SoftmaxSums(m[:B], z[:B], s[:B]).merge(SoftmaxSums(m[B:], z[B:], self._flip(s[B:])))
-        return distributed.reduce_softmax(sums).mean()
+        return SoftmaxSums(*distributed.reduce_softmax(sums.m, sums.z, sums.s, base2=sums.base2)).mean()
 
     def to(self, device=None, dtype=None) -> "ShardedEmpirical":
         return type(self)(self.source_, flip=self.flip, chunk_size=self.chunk_size, query_chunk=self.query_chunk,
