@@ -87,7 +87,8 @@ def free_port() -> int:
 
 
 def child_env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               SCORELAB_DIST_BACKEND="gloo")   # CPU processes even where GPUs exist (fewer GPUs than ranks)
     env.pop("WORLD_SIZE", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -85,7 +85,8 @@ def _env_int(name: str, default: int | None = None) -> int | None:
 def init(backend: str | None = None, *, timeout: float | None = None) -> bool:
     """Start the process group from torchrun's environment; returns True when running on more than one process.
 
-    backend: "gloo", "nccl" or None (NCCL when CUDA is available, else gloo). timeout: seconds a collective waits
+    backend: "gloo", "nccl" or None ($SCORELAB_DIST_BACKEND if set, else NCCL when this rank has a CUDA device
+    (LOCAL_RANK < the number of GPUs), else gloo). timeout: seconds a collective waits
     for the other ranks before failing (default $SCORELAB_DIST_TIMEOUT, else 600): a rank that dies makes the
     others fail within it instead of hanging. Without WORLD_SIZE (or with WORLD_SIZE=1) nothing is started.
     Calling it again, or under a process group the caller started, is a no-op."""
@@ -109,7 +110,10 @@ def init(backend: str | None = None, *, timeout: float | None = None) -> bool:
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        backend = os.environ.get("SCORELAB_DIST_BACKEND") or None
+    if backend is None:
+        has_gpu = torch.cuda.is_available() and local_rank() < torch.cuda.device_count()
+        backend = "nccl" if has_gpu and dist.is_nccl_available() else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo', 'nccl' or None; got {backend!r}")
     kwargs = {}

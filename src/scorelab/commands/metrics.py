@@ -86,13 +86,14 @@ def _run_fid(args) -> int:
     from ..metrics.kid import kid
     from ..metrics.precision_recall import precision_recall
 
+    from .. import distributed
+
+    sharded = distributed.init()   # under torchrun (first: "cuda" is then this rank's GPU)
     samples = _load_samples(args.samples)
     ref = _load_data(args)
     if tuple(samples.shape[1:]) != tuple(ref.shape[1:]):
         raise ValueError(f"samples have image size {tuple(samples.shape[1:])} but --data has {tuple(ref.shape[1:])}")
-    from .. import distributed
-
-    if distributed.init():   # under torchrun: features of each rank's blocks; (μ, Σ) all-reduced, or all gathered
+    if sharded:   # under torchrun: features of each rank's blocks; (μ, Σ) all-reduced, or all gathered
         gather = bool(args.kid or args.pr or args.fd_inf)   # for KID, precision/recall and FD∞ (every feature)
         fs, fr = (distributed.map_rows(lambda x, d=desc: _features(x, args, d), imgs, gather=gather)
                   for imgs, desc in ((samples, "samples"), (ref, "data")))

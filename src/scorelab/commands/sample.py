@@ -195,10 +195,11 @@ def guided_model(args, model, labels, device, dtype):
 
 
 def _run(args) -> int:
-    from .. import schedules
+    from .. import distributed, schedules
     from .._io import write_json
     from ..sample import sample
 
+    sharded = distributed.init()   # under torchrun (before loading: "cuda" is then this rank's GPU)
     dtype = torch_dtype(args.dtype)
     check_steps(args.steps)
     model = load_denoiser(args.model, device=args.device, dtype=dtype if args.dtype == "float64" else None)
@@ -250,10 +251,8 @@ def _run(args) -> int:
               skip_threshold=args.skip_threshold, extra_args=extra_args, teleport_args=teleport_args,
               warm_history=args.warm_history, batch_size=args.batch_size, device=args.device, dtype=dtype,
               progress=not args.no_progress, **parse_opts(args.opt))
-    from .. import distributed
-
     run = None
-    if distributed.init():   # under torchrun: batches dealt out over the ranks, rank 0 writes the outputs
+    if sharded:   # under torchrun: batches dealt out over the ranks, rank 0 writes the outputs
         if not args.save_samples:
             raise ValueError("under torchrun, sample needs --save-samples NPY (each rank's batches are written "
                              "beside it, assembled into it, and a rerun resumes)")
