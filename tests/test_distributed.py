@@ -110,7 +110,12 @@ def wait_all(procs, timeout=TIMEOUT):
     return outs
 
 
-def launch(script: Path, world: int, args, tmp, codes=None) -> list:
+def port_taken(outs) -> bool:
+    """The free port was taken by someone else between free_port() and the bind (rare): worth one retry."""
+    return any("address already in use" in out.lower() or "EADDRINUSE" in out for out in outs)
+
+
+def launch(script: Path, world: int, args, tmp, codes=None, retry: bool = True) -> list:
     """WORLD processes with torchrun's environment on 127.0.0.1; returns their outputs. Each must exit with its
     entry of `codes` (default: all 0)."""
     port = free_port()
@@ -123,6 +128,8 @@ def launch(script: Path, world: int, args, tmp, codes=None) -> list:
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     finally:
         outs = wait_all(procs)
+    if retry and port_taken(outs):
+        return launch(script, world, args, tmp, codes, retry=False)
     for r, (p, out) in enumerate(zip(procs, outs)):
         expected = 0 if codes is None else codes[r]
         assert p.returncode == expected, f"rank {r} of {world} exited {p.returncode}:\n{out[-3000:]}"
@@ -269,12 +276,14 @@ def test_init_rejects_a_broken_environment(monkeypatch):
         distributed.init()
 
 
-def torchrun(args, cwd) -> str:
+def torchrun(args, cwd, retry: bool = True) -> str:
     """`torchrun --nproc-per-node 2 ... -m scorelab ARGS` on 127.0.0.1 (asserts success); returns its output."""
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "scorelab", *map(str, args)]
     proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, = wait_all([proc])
+    if proc.returncode != 0 and retry and port_taken([out]):
+        return torchrun(args, cwd, retry=False)
     assert proc.returncode == 0, out[-3000:]
     return out
 
