@@ -46,6 +46,8 @@ WORKER = textwrap.dedent("""
     flipped = sl.ShardedEmpirical(data_path, flip=True, chunk_size=7)
     dens = {s: model(q, s) for s in (0.01, 0.3, 3.0)}
     dens["flip"] = flipped(q, 0.3)
+    knn = sl.ShardedKNN(data_path, k=5, n_random=8, seed=3, dtype=torch.float64)
+    dens["knn"] = [knn(q, s) for s in (0.3, 3.0, 3.0)]   # the tail draws advance call by call, as in KNN
     # per-row results over blocks of 4 rows dealt round-robin, gathered back in order on every rank
     gathered = distributed.map_rows(lambda x: x[:, :2] * 2, feats, size=4, gather=True)
     torch.save(dict(rank=r, world_size=w, shares=run.shares, mu=st.mu, sigma=st.sigma, n=st.n,
@@ -185,7 +187,7 @@ def test_feature_stats_equal_single_process(problem, runs):
         assert ((res["sigma"] - ref.sigma).abs().max() / ref.sigma.abs().max()).item() < 1e-9
 
 
-def test_sharded_empirical_equals_empirical(problem, runs):
+def test_sharded_empirical_and_knn_equal_the_unsharded_models(problem, runs):
     tmp, data, _, query = problem
     world, _, results = runs
     shards = [res["shard"] for res in results]
@@ -195,6 +197,12 @@ def test_sharded_empirical_equals_empirical(problem, runs):
         for s in (0.01, 0.3, 3.0):
             torch.testing.assert_close(res["dens"][s], full(query, s), rtol=0, atol=1e-6)
         torch.testing.assert_close(res["dens"]["flip"], flipped(query, 0.3), rtol=0, atol=1e-6)
+    knn = sl.KNN(data, k=5, n_random=8, index="torch", seed=3, dtype=torch.float64)
+    ref_knn = [knn(query, s) for s in (0.3, 3.0, 3.0)]
+    assert not torch.allclose(ref_knn[1], ref_knn[2])   # different tail draws
+    for res in results:
+        for got, ref in zip(res["dens"]["knn"], ref_knn):
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
     # σ = 0.01 lands on the nearest training point, which lives on one rank only
     nearest = data[((query[:, None] - data[None]) ** 2).flatten(2).sum(-1).argmin(1)]
     torch.testing.assert_close(results[-1]["dens"][0.01], nearest, rtol=0, atol=1e-6)
@@ -207,6 +215,8 @@ def test_single_process_is_the_library(tmp_path, problem):
     assert distributed.shard(range(7), rank_=1, world_size_=3) == [1, 4]
     assert list(distributed.block(10, rank_=2, world_size_=3)) == [6, 7, 8, 9]
     assert torch.equal(sl.ShardedEmpirical(tmp / "data.npy")(query, 0.3), sl.Empirical(data)(query, 0.3))
+    knn, ref = sl.ShardedKNN(data, k=4, n_random=6, seed=1), sl.KNN(data, k=4, n_random=6, index="torch", seed=1)
+    assert torch.equal(knn(query, 0.5), ref(query, 0.5)) and torch.equal(knn.search(query)[1], ref.search(query)[1])
     st, ref = distributed.feature_stats(feats), feature_stats(feats)
     assert torch.equal(st.sigma, ref.sigma) and st.n == ref.n
     g = sl.Gaussian.load(tmp / "data.safetensors")
@@ -280,6 +290,8 @@ def test_bad_input():
         distributed.all_reduce(torch.zeros(1), "mean")
     with pytest.raises(FileNotFoundError, match="npy"):
         sl.ShardedEmpirical("missing.npy")
+    with pytest.raises(ValueError, match="k must"):
+        sl.ShardedKNN(torch.zeros(3, 2), k=4)
 
 
 def test_init_rejects_a_broken_environment(monkeypatch):

@@ -27,6 +27,7 @@ _LAZY = {
     "GMM": ("scorelab.models.gmm", "GMM"),
     "Empirical": ("scorelab.models.empirical", "Empirical"),
     "ShardedEmpirical": ("scorelab.models.sharded", "ShardedEmpirical"),
+    "ShardedKNN": ("scorelab.models.sharded", "ShardedKNN"),
     "KNN": ("scorelab.models.knn", "KNN"),
     "CFDM": ("scorelab.models.cfdm", "CFDM"),
     "ELS": ("scorelab.models.local", "ELS"),

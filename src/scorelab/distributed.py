@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 __all__ = ["init", "close", "rank", "world_size", "local_rank", "is_distributed", "barrier", "shard", "block",
-           "blocks", "map_rows", "all_reduce", "reduce_softmax", "RankLost", "feature_stats", "sample",
+           "blocks", "map_rows", "all_reduce", "all_gather", "reduce_softmax", "RankLost", "feature_stats", "sample",
            "DistributedSample", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 600.0   # seconds a collective may wait for the other ranks (SCORELAB_DIST_TIMEOUT overrides)
@@ -186,6 +186,17 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     buf = t.detach().to(_collective_device(), copy=True).contiguous()
     _collective("all_reduce", dist.all_reduce, buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return buf.to(t.device)
+
+
+def all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` (the same shape on all ranks) stacked in rank order: [W, *t.shape] ([1, ...] alone)."""
+    if not is_distributed():
+        return t[None]
+    dev = _collective_device()
+    buf = t.detach().to(dev).contiguous()
+    pieces = [torch.empty_like(buf) for _ in range(world_size())]
+    _collective("all_gather", _dist().all_gather, pieces, buf)
+    return torch.stack(pieces).to(t.device)
 
 
 def reduce_softmax(m: torch.Tensor, z: torch.Tensor, s: torch.Tensor, *, base2: bool = False):
