@@ -250,6 +250,9 @@ def test_resume_skips_finished_batches(tmp_path, problem):
     counted = lambda x, s: (calls.append(len(x)), g(x, s))[1]   # noqa: E731
     counted.shape_ = g.shape_
     key = distributed._run_key(7, 2, 3, dict(steps=3))
+    assert key == distributed._run_key(7, 2, 3, dict(steps=3, progress=True))   # no effect on the images
+    assert distributed._run_key(7, 2, 3, dict(steps=3, dtype=torch.float64)) != \
+        distributed._run_key(7, 2, 3, dict(steps=3, dtype=torch.float32)) != key
     parts = tmp_path / f"x.npy.parts-{key}"
     parts.mkdir()
     np.save(parts / "0000001.npy", ref[3:6].numpy())          # batch 1 done before an interruption

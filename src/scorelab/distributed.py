@@ -5,7 +5,7 @@ Launch with torchrun (one process per core or per GPU); every process runs the s
     torchrun --nproc-per-node 2 -m scorelab sample --model m.safetensors --num-samples 50000 --save-samples x.npy
 
 `init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and starts a
-process group: gloo on CPU, NCCL when CUDA is available (rank r then uses GPU LOCAL_RANK). In a single process
+process group: gloo on CPU, NCCL when rank r has a GPU (it then uses GPU LOCAL_RANK). In a single process
 (no WORLD_SIZE, or WORLD_SIZE=1) everything here is a no-op and the functions return what the single-process
 library returns.
 
@@ -17,8 +17,9 @@ library returns.
 - Statistics (`feature_stats`): float64 Σf and Σfᵀf per rank, one `all_reduce`, the FID statistics (μ, Σ);
   features are computed per rank over blocks of rows dealt round-robin (`map_rows`, optionally gathered for
   KID and precision/recall, which need every feature).
-- The exact empirical denoiser over data sharded across ranks: `scorelab.ShardedEmpirical`
-  (`models/sharded.py`), combined with `reduce_softmax`.
+- The exact empirical denoiser and its nearest-neighbour estimator over data sharded across ranks:
+  `scorelab.ShardedEmpirical`, `scorelab.ShardedKNN` (`models/sharded.py`), combined with `reduce_softmax`.
+- Failures: every collective waits at most the timeout; a lost rank raises `RankLost` (a ConnectionError).
 """
 from __future__ import annotations
 
@@ -313,9 +314,11 @@ def _run_key(n, seed, batch_size, kwargs) -> str:
             return [plain(u) for u in v]
         if isinstance(v, dict):
             return {str(k): plain(u) for k, u in sorted(v.items())}
+        if isinstance(v, (torch.dtype, torch.device)):
+            return str(v)
         return getattr(v, "__name__", type(v).__name__)
-    text = json.dumps(dict(n=n, seed=seed, batch_size=batch_size, **{k: plain(v) for k, v in sorted(kwargs.items())}),
-                      sort_keys=True, default=str)
+    shown = {k: plain(v) for k, v in sorted(kwargs.items()) if k not in ("progress", "callback")}   # no effect
+    text = json.dumps(dict(n=n, seed=seed, batch_size=batch_size, **shown), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
