@@ -46,6 +46,10 @@ WORKER = textwrap.dedent("""
     flipped = sl.ShardedEmpirical(data_path, flip=True, chunk_size=7)
     dens = {s: model(q, s) for s in (0.01, 0.3, 3.0)}
     dens["flip"] = flipped(q, 0.3)
+    # class-conditional: class 1 is rows 0..9 only, absent from the other ranks' blocks
+    labelled = sl.ShardedEmpirical(data_path, labels=(torch.arange(31) < 10).long(), chunk_size=7)
+    y = torch.tensor([1, 0, 1, 0, 1])
+    dens["labels"] = [labelled(q, s, class_labels=y) for s in (0.01, 0.3)]
     knn = sl.ShardedKNN(data_path, k=5, n_random=8, seed=3, dtype=torch.float64)
     dens["knn"] = [knn(q, s) for s in (0.3, 3.0, 3.0)]   # the tail draws advance call by call, as in KNN
     # per-row results over blocks of 4 rows dealt round-robin, gathered back in order on every rank
@@ -197,6 +201,10 @@ def test_sharded_empirical_and_knn_equal_the_unsharded_models(problem, runs):
         for s in (0.01, 0.3, 3.0):
             torch.testing.assert_close(res["dens"][s], full(query, s), rtol=0, atol=1e-6)
         torch.testing.assert_close(res["dens"]["flip"], flipped(query, 0.3), rtol=0, atol=1e-6)
+    labelled, y = sl.Empirical(data, labels=(torch.arange(31) < 10).long()), torch.tensor([1, 0, 1, 0, 1])
+    for res in results:
+        for got, s in zip(res["dens"]["labels"], (0.01, 0.3)):
+            torch.testing.assert_close(got, labelled(query, s, class_labels=y), rtol=0, atol=1e-6)
     knn = sl.KNN(data, k=5, n_random=8, index="torch", seed=3, dtype=torch.float64)
     ref_knn = [knn(query, s) for s in (0.3, 3.0, 3.0)]
     assert not torch.allclose(ref_knn[1], ref_knn[2])   # different tail draws
@@ -216,6 +224,14 @@ def test_single_process_is_the_library(tmp_path, problem, monkeypatch):
     assert distributed.shard(range(7), rank_=1, world_size_=3) == [1, 4]
     assert list(distributed.block(10, rank_=2, world_size_=3)) == [6, 7, 8, 9]
     assert torch.equal(sl.ShardedEmpirical(tmp / "data.npy")(query, 0.3), sl.Empirical(data)(query, 0.3))
+    lab = torch.arange(31) % 3
+    got = sl.ShardedEmpirical(data, labels=lab, flip=True)(query, 0.2, class_labels=torch.tensor([2, 0, 1, 1, 2]))
+    ref = sl.Empirical(data, labels=lab, flip=True)(query, 0.2, class_labels=torch.tensor([2, 0, 1, 1, 2]))
+    assert torch.equal(got, ref) and sl.ShardedEmpirical(data, labels=lab).classes_ == (0, 1, 2)
+    with pytest.raises(ValueError, match="absent"):
+        sl.ShardedEmpirical(data, labels=lab)(query, 0.2, class_labels=3)
+    with pytest.raises(ValueError, match="labels must"):
+        sl.ShardedEmpirical(data, labels=lab[:5])
     knn, ref = sl.ShardedKNN(data, k=4, n_random=6, seed=1), sl.KNN(data, k=4, n_random=6, index="torch", seed=1)
     assert torch.equal(knn(query, 0.5), ref(query, 0.5)) and torch.equal(knn.search(query)[1], ref.search(query)[1])
     st, ref = distributed.feature_stats(feats), feature_stats(feats)

@@ -350,7 +350,7 @@ class Empirical:
             if class_labels.shape[0] != x.shape[0]:
                 raise ValueError(f"class_labels must have {x.shape[0]} entries (one per x); "
                                  f"got {class_labels.shape[0]}")
-            if not torch.isin(class_labels, self.labels_).all():
+            if not torch.isin(class_labels, self._known_labels()).all():
                 raise ValueError("class_labels contains a class absent from the training labels")
         out = []
         for i in range(0, x.shape[0], self.query_chunk):
@@ -358,6 +358,10 @@ class Empirical:
             out.append(self._mean(x[sl].reshape(-1, self.rows_.dim).to(self.device), inv_var[sl].to(self.device),
                                   None if class_labels is None else class_labels[sl]))
         return torch.cat(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    def _known_labels(self) -> torch.Tensor:
+        """The labels a query may ask for (ShardedEmpirical: those of all ranks' rows)."""
+        return self.labels_
 
     def _flip(self, v: torch.Tensor) -> torch.Tensor:
         return v.reshape(-1, *self.rows_.shape).flip(-1).reshape(v.shape[0], -1)

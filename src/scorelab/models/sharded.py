@@ -37,11 +37,12 @@ def _open(data):
 class ShardedEmpirical(Empirical):
     """`Empirical(data)` with the rows split across ranks: data is a tensor/array [N, *shape] or the path of a
     .npy file (memory-mapped; each rank reads only its block). Options as `Empirical` (flip, chunk_size,
-    query_chunk, refine_tol, dtype, device); class labels are not supported. `shard_` is this rank's row range."""
+    query_chunk, refine_tol, dtype, device) and `labels` (all N of them, on every rank: the class-conditional
+    mean, `model(x, σ, class_labels=y)`). `shard_` is this rank's row range."""
 
     kind = "sharded-empirical"
 
-    def __init__(self, data, *, flip: bool = False, chunk_size: int = 4096, query_chunk: int = 1024,
+    def __init__(self, data, *, labels=None, flip: bool = False, chunk_size: int = 4096, query_chunk: int = 1024,
                  refine_tol: float | None = None, dtype=None, device=None):
         source = _open(data)
         shape = getattr(source, "shape", None)
@@ -53,8 +54,16 @@ class ShardedEmpirical(Empirical):
         self.source_, self.n_total_ = source, n
         self.shard_ = distributed.block(n)
         part = source[self.shard_.start:self.shard_.stop]
-        super().__init__(part, flip=flip, chunk_size=chunk_size, query_chunk=query_chunk, refine_tol=refine_tol,
-                         dtype=dtype, device=device)
+        self.all_labels_, self.labels_all_source_ = None, labels
+        if labels is not None:   # every rank gets all N labels (small); it keeps its block's rows
+            labels = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels))
+            if labels.dtype.is_floating_point or labels.ndim != 1 or labels.shape[0] != n:
+                raise ValueError(f"labels must be an integer tensor of shape [{n}]; "
+                                 f"got {labels.dtype} {tuple(labels.shape)}")
+            self.all_labels_ = labels.long().unique()
+            labels = labels[self.shard_.start:self.shard_.stop]
+        super().__init__(part, labels=labels, flip=flip, chunk_size=chunk_size, query_chunk=query_chunk,
+                         refine_tol=refine_tol, dtype=dtype, device=device)
         # one bound on ‖y‖ for all ranks: every rank then makes the same float64-refinement decision per query
         # row, so all partial logits share one convention and merge exactly
         self.ymax_ = float(distributed.all_reduce(torch.tensor([self.ymax_], dtype=torch.float64), "max")[0])
@@ -63,18 +72,29 @@ class ShardedEmpirical(Empirical):
     def n_samples_(self) -> int:
         return self.n_total_ * (2 if self.flip else 1)
 
+    @property
+    def classes_(self) -> tuple[int, ...]:
+        """The class labels of all ranks' rows (a model built with labels=...), else ()."""
+        return () if self.all_labels_ is None else tuple(int(c) for c in self.all_labels_.tolist())
+
+    def _known_labels(self) -> torch.Tensor:
+        return self.all_labels_.to(self.device)
+
     def _mean(self, x, inv_var, query_labels):
-        kw = dict(chunk_size=self.chunk_size, dtype=self.dtype, ymax=self.ymax_, refine_tol=self.refine_tol)
+        kw = dict(chunk_size=self.chunk_size, dtype=self.dtype, ymax=self.ymax_, refine_tol=self.refine_tol,
+                  labels=self.labels_, query_labels=query_labels)
         if not self.flip:
             sums = posterior_mean(self.rows_, x, inv_var, **kw)
         else:   # mirrored points via mirrored queries, as in Empirical
             B = x.shape[0]
+            if query_labels is not None:
+                kw["query_labels"] = torch.cat([query_labels, query_labels])
             m, z, s = posterior_mean(self.rows_, torch.cat([x, self._flip(x)]), torch.cat([inv_var, inv_var]), **kw)
             sums = SoftmaxSums(m[:B], z[:B], s[:B]).merge(SoftmaxSums(m[B:], z[B:], self._flip(s[B:])))
         return SoftmaxSums(*distributed.reduce_softmax(sums.m, sums.z, sums.s, base2=sums.base2)).mean()
 
     def to(self, device=None, dtype=None) -> "ShardedEmpirical":
-        return type(self)(self.source_, flip=self.flip, chunk_size=self.chunk_size, query_chunk=self.query_chunk,
+        return type(self)(self.source_, labels=self.labels_all_source_, flip=self.flip, chunk_size=self.chunk_size, query_chunk=self.query_chunk,
                           refine_tol=self.refine_tol, dtype=dtype or self.dtype, device=device or self.device)
 
     def save(self, path) -> None:
