@@ -86,3 +86,42 @@ def test_class_on_an_unconditional_model_is_refused(fitted, capsys):
     assert main("sample", "--model", str(fitted / "gu.safetensors"), "--class", "1", "--n", "2",
                 "--out", str(fitted / "u.png")) == 2
     assert "is unconditional" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "1,,2"], "--class must be integers"),
+    (["--guide-with", "no/such/model", "--guidance", "2"], "--guide-with 'no/such/model' does not exist"),
+    (["--schedule", "vp_linear", "--sigma-max", "10"], "do not apply to --schedule vp_linear"),
+    (["--class", "1", "--teleport", "G", "--skip", "auto", "--skip-data", "digits"], "cannot be combined with --class"),
+])
+def test_more_bad_arguments_exit_2_with_one_line(fitted, capsys, args, message):
+    args = [str(fitted / "g.safetensors") if a == "G" else a for a in args]
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--n", "2", "--steps", "2", "--no-progress",
+                "--out", str(fitted / "bad.png"), *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_guide_with_a_model_of_another_shape_is_named(fitted, capsys):
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--guide-with", "models/fashion-mnist-unet",
+                "--guidance", "2", "--n", "2", "--out", str(fitted / "bad.png")) == 2
+    assert "--guide-with 'models/fashion-mnist-unet' draws samples of shape (1, 28, 28)" in capsys.readouterr().err
+
+
+def test_fit_labels_on_a_set_without_labels(tmp_path, capsys):
+    assert main("fit", "gaussian", "--data", "swiss-roll", "--labels", "--out", str(tmp_path / "g.safetensors")) == 2
+    assert "has no class labels" in capsys.readouterr().err
+
+
+def test_library_arguments_are_checked():
+    g = sl.Gaussian.fit(sl.data.load("digits")[:100], labels=torch.arange(100) % 2)
+    with pytest.raises(TypeError, match="class_labels must be"):
+        g(torch.zeros(1, 1, 8, 8), 1.0, class_labels="a")
+    with pytest.raises(TypeError, match="scale must be a number"):
+        sl.guidance.cfg(g, "2")
+    with pytest.raises(TypeError, match="scale must be a number"):
+        sl.guidance.autoguidance(g, g, True)
+    with pytest.raises(ValueError, match="teleport_args need teleport"):
+        sl.sample(g, n=1, steps=2, teleport_args={"class_labels": torch.zeros(1, dtype=torch.long)})
+    with pytest.raises(ValueError, match="seed must be"):
+        sl.smc.sample(sl.smc.cfg(g, 2.0, uncond=g), n=1, seed=-1)

@@ -451,3 +451,18 @@ def test_restore_cli_round_trip_on_digits(tmp_path, capsys):
         lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("scorelab restore: error:"), lines
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method", ["pigdm", "dps"])
+@pytest.mark.parametrize("kind", ["gmm", "empirical", "knn"])
+def test_gradient_methods_run_through_streamed_softmax_models(kind, method):
+    """ΠGDM and DPS differentiate through the denoiser: the streamed softmax of GMM/Empirical/KNN must allow it
+    (its in-place exp broke autograd)."""
+    x = sl.data.load("digits")[:200]
+    prior = {"gmm": lambda: sl.GMM.fit(x, n_components=2, covariance="diag", max_iter=3),
+             "empirical": lambda: sl.Empirical(x),
+             "knn": lambda: sl.KNN(x, k=8, n_random=16, index="torch")}[kind]()
+    op = sl.inverse.Inpaint(torch.arange(64).reshape(1, 8, 8) < 32)
+    y = op.A(x[:1])
+    res = sl.inverse.sample(prior, op, y, 0.05, method=method, n=2, sigmas=sl.schedules.karras(4))
+    assert res.images.shape == (2, 1, 8, 8) and torch.isfinite(res.images).all()

@@ -117,7 +117,9 @@ def check_fraction(value, *, name: str, low: float = 0.0, high: float = 1.0) -> 
 
 
 def check_finite(value, *, name: str) -> float:
-    """A finite number as a float; TypeError/ValueError naming `name` otherwise."""
+    """A finite number as a float (not a bool or a string); TypeError/ValueError naming `name` otherwise."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError):

@@ -173,8 +173,9 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     stochastic = _samplers.traits(solver_fn).stochastic
     grid = _resolve_grid(sigmas, steps)
     if teleport is None:
-        if skip not in (None, 0, 0.0) or sigma_skip is not None or warm_history:
-            raise ValueError("skip/sigma_skip/warm_history need teleport=a fitted scorelab.Gaussian to jump with")
+        if skip not in (None, 0, 0.0) or sigma_skip is not None or warm_history or teleport_args:
+            raise ValueError("skip/sigma_skip/warm_history/teleport_args need teleport=a fitted scorelab.Gaussian to "
+                             "jump with")
         jump = None
     else:
         if isinstance(skip, str):

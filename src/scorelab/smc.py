@@ -421,8 +421,10 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
     device = torch.device(device) if device is not None else tilt.device
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
     if generator is None:
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(seed)
     elif not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
     cond = check_extra_args(extra_args)

@@ -195,9 +195,14 @@ def _run(args) -> int:
     torch.manual_seed(args.seed)
     if getattr(args, "labels", False):
         if args.data not in data_mod.DATASETS:
-            raise ValueError(f"--labels needs a named data set with labels (one of {sorted(data_mod.DATASETS)}); "
+            raise ValueError(f"--labels needs a named data set with class labels (e.g. fashion-mnist, digits); "
                              f"got --data {args.data!r}")
-        x, args.label_values = data_mod.load(args.data, args.split, limit=args.limit, labels=True)
+        try:
+            x, args.label_values = data_mod.load(args.data, args.split, limit=args.limit, labels=True)
+        except ValueError as e:
+            if "no labels" not in str(e):
+                raise
+            raise ValueError(f"--labels: data set {args.data!r} has no class labels") from None
     else:
         x = data_mod.resolve(args.data, split=args.split, limit=args.limit)
     t0 = time.perf_counter()

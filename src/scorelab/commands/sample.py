@@ -24,8 +24,10 @@ def register(sub) -> None:
     p.add_argument("--solver", default="heun", choices=sorted(SAMPLERS), help="sampler (default: heun)")
     p.add_argument("--steps", type=int, default=18, help="number of solver steps of the grid (default: 18)")
     p.add_argument("--schedule", default="karras", choices=sorted(NAMES), help="σ grid (default: karras)")
-    p.add_argument("--sigma-min", type=float, default=0.002, help="smallest non-zero σ (default: 0.002)")
-    p.add_argument("--sigma-max", type=float, default=80.0, help="largest σ (default: 80)")
+    p.add_argument("--sigma-min", type=float, default=None,
+                   help="smallest non-zero σ (default: 0.002; not for vp_linear, whose range its βs set)")
+    p.add_argument("--sigma-max", type=float, default=None,
+                   help="largest σ (default: 80; not for vp_linear, whose range its βs set)")
     p.add_argument("--rho", type=float, default=None, help="Karras ρ (default: 7)")
     p.add_argument("--teleport", default=None, metavar="GAUSSIAN_FILE",
                    help="a Gaussian saved by `scorelab fit gaussian`: jump exactly over the first steps")
@@ -92,22 +94,24 @@ def parse_opts(items) -> dict:
     return out
 
 
-def load_denoiser(path, device=None, dtype=None):
-    """A saved closed-form model (scorelab.models.load) or a trained network (scorelab.nets.load_model)."""
+def load_denoiser(path, device=None, dtype=None, option: str = "--model"):
+    """A saved closed-form model (scorelab.models.load) or a trained network (scorelab.nets.load_model); errors
+    name `option`."""
     from .._io import load_state
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"--model {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{option} {str(path)!r} does not exist")
     kind = None
     if path.is_file():
         _, kind, _ = load_state(path)
     if path.is_dir() or kind == "edm-net":
+        from ..nets import load_model
+
         try:
-            from ..nets import load_model
-        except ImportError:
-            raise ValueError(f"--model {str(path)!r} is a trained network but scorelab.nets is unavailable") from None
-        return load_model(path, device=device, dtype=dtype)
+            return load_model(path, device=device, dtype=dtype)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"{option} {str(path)!r}: {e}") from None
     from ..models import load
 
     model = load(path, device=device)
@@ -157,7 +161,7 @@ def parse_classes(text: str, n: int, classes: list[int] | None, model: str):
         labels = classes
     else:
         try:
-            labels = [int(t) for t in text.split(",") if t.strip()]
+            labels = [int(t) for t in text.split(",")]
         except ValueError:
             raise ValueError(f"--class must be integers separated by commas, or 'all'; got {text!r}") from None
         bad = sorted(set(labels) - set(classes))
@@ -186,7 +190,11 @@ def guided_model(args, model, labels, device, dtype):
         return model
     interval = parse_interval(args.guidance_interval) if args.guidance_interval is not None else None
     if args.guide_with is not None:
-        weak = load_denoiser(args.guide_with, device=device, dtype=dtype)
+        weak = load_denoiser(args.guide_with, device=device, dtype=dtype, option="--guide-with")
+        weak_shape, shape = getattr(weak, "shape_", None), getattr(model, "shape_", None)
+        if weak_shape is not None and shape is not None and tuple(weak_shape) != tuple(shape):
+            raise ValueError(f"--guide-with {args.guide_with!r} draws samples of shape {tuple(weak_shape)} but "
+                             f"--model {args.model!r} of shape {tuple(shape)}: the two models must share it")
         weak_cond = labels is not None and model_classes(weak) is not None
         return guidance.autoguidance(model, weak, args.guidance, interval, weak_cond=weak_cond)
     if labels is None:
@@ -213,7 +221,11 @@ def _run(args) -> int:
         raise ValueError(f"--model {args.model!r} records no sample shape; pass --shape C,H,W")
     kwargs = {}
     if args.schedule in ("karras", "exponential", "logsnr_uniform", "vp_cosine"):
-        kwargs = dict(sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+        kwargs = dict(sigma_min=0.002 if args.sigma_min is None else args.sigma_min,
+                      sigma_max=80.0 if args.sigma_max is None else args.sigma_max)
+    elif args.sigma_min is not None or args.sigma_max is not None:
+        raise ValueError(f"--sigma-min/--sigma-max do not apply to --schedule {args.schedule} (its σ range follows "
+                         f"from its β schedule); use karras, exponential, logsnr_uniform or vp_cosine")
     if args.rho is not None:
         if args.schedule != "karras":
             raise ValueError(f"--rho applies to --schedule karras only; got --schedule {args.schedule}")
@@ -232,6 +244,9 @@ def _run(args) -> int:
             raise ValueError(f"--skip must be a fraction in [0, 1) or 'auto'; got {skip!r}") from None
     skip_data = None
     if skip == "auto":
+        if args.class_labels is not None:
+            raise ValueError("--skip auto measures the unconditional model, so it cannot be combined with --class; "
+                             "give --skip FRAC or --sigma-skip S")
         if args.skip_data is None:
             raise ValueError("--skip auto needs --skip-data NAME|PATH (held-out clean samples)")
         from .. import data as data_mod

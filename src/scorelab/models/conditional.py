@@ -64,7 +64,10 @@ class ByClass:
         if not self.conditional:
             raise ValueError(f"class_labels given but this {type(self).__name__} was fitted without labels; fit it "
                              f"with labels=... for a class-conditional model")
-        y = torch.as_tensor(class_labels)
+        try:
+            y = torch.as_tensor(class_labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"class_labels must be an int or a [B] tensor of ints; got {class_labels!r}"[:200]) from None
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"class_labels must be integers; got dtype {y.dtype}")
         y = y.long().reshape(-1).cpu()

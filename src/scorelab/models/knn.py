@@ -233,7 +233,7 @@ class KNN(ByClass):
         excluded = logits == -math.inf
         sums = SoftmaxSums.empty((q.shape[0],), (q.shape[1],), dtype=torch.float64, device=q.device)
         floor = math.log(torch.finfo(self.dtype).tiny) + 1  # no subnormal exps (see Empirical)
-        w = sums.weights(logits, floor=floor).masked_fill_(excluded, 0)
+        w = sums.weights(logits, floor=floor).masked_fill(excluded, 0)
         sums.add(w.sum(1), w @ y_r)
         # back to the neighbours' convention −‖x − y‖²/2σ², with the tail weight N/n: ℓ + log(N/n) − ‖x‖²/2σ²
         offset = 0.5 * q.to(torch.float64).pow(2).sum(1) * inv_var - math.log(self.n_samples_ / self.n_random)

@@ -64,6 +64,10 @@ class SoftmaxSums:
         exp never produces slow subnormal numbers (a change of at most count·e^floor of a row's total)."""
         m_new = torch.maximum(self.m, logits.amax(dim).to(self.m.dtype))
         shift = self.shift_to(m_new).to(logits.dtype).unsqueeze(dim)
+        if logits.requires_grad:   # differentiated through (DPS, ΠGDM): the same numbers, out of place
+            w = logits - shift
+            w = w.clamp(min=floor) if floor is not None else w
+            return w.exp2() if self.base2 else w.exp()
         w = logits.sub_(shift)
         if floor is not None:
             w.clamp_(min=floor)
