@@ -446,7 +446,11 @@ def test_restore_cli_round_trip_on_digits(tmp_path, capsys):
     for bad, needle in ((["--op", "downsample", "--factor", "3"], "factor 3 must divide the image size 8×8"),
                         (["--op", "inpaint", "--mask", "random999"], "--mask must be"),
                         (["--op", "blur", "--kernel", "gauss:2"], "--kernel must be"),
-                        (["--op", "inpaint", "--sigma-y", "-1"], "--sigma-y must be > 0")):
+                        (["--op", "inpaint", "--sigma-y", "-1"], "--sigma-y must be > 0"),
+                        (["--op", "downsample", "--mask", "half"], "--mask applies to --op inpaint only"),
+                        (["--op", "inpaint", "--method", "pigdm", "--zeta", "2"], "--zeta applies to --method dps"),
+                        (["--op", "inpaint", "--method", "dps", "--particles", "4"],
+                         "--particles applies to --method smc")):
         assert cli.main([*common, *bad, "--out", str(tmp_path / "bad")]) == 2
         lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("scorelab restore: error:"), lines

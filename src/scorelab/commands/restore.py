@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import add_device_args, torch_dtype
 
-MASKS = "half (the bottom half hidden) or randomNN (NN% of the pixels hidden at random, e.g. random70)"
+MASKS = "half (the bottom half hidden) or randomNN (NN% of the pixels hidden at random, NN from 0 to 99, e.g. random70)"
 
 
 def register(sub) -> None:
@@ -24,10 +24,10 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, metavar="FILE|DIR",
                    help="a Gaussian/GMM saved by `scorelab fit` (.safetensors) or a trained network (directory)")
     p.add_argument("--op", required=True, choices=["inpaint", "downsample", "blur"], help="measurement operator")
-    p.add_argument("--mask", default="half", metavar="half|randomNN",
+    p.add_argument("--mask", default=None, metavar="half|randomNN",
                    help=f"inpainting mask: {MASKS.replace('%', '%%')} (default: half)")
-    p.add_argument("--factor", type=int, default=2, help="downsampling factor (default: 2)")
-    p.add_argument("--kernel", default="gaussian:1.5", metavar="gaussian:STD|box:K",
+    p.add_argument("--factor", type=int, default=None, help="downsampling factor (default: 2)")
+    p.add_argument("--kernel", default=None, metavar="gaussian:STD|box:K",
                    help="blur kernel: a Gaussian of std STD pixels or a K×K box (default: gaussian:1.5)")
     p.add_argument("--input", default=None, metavar="PNG", help="ground-truth image (resized to the model's shape)")
     p.add_argument("--from-data", default=None, metavar="NAME", help="take the ground truth from a data set")
@@ -39,8 +39,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="sampler steps on a Karras grid (default: 50)")
     p.add_argument("--solver", default=None,
                    help="scorelab sampler for pigdm/dmps (default: euler_ancestral); euler/euler_ancestral for dps")
-    p.add_argument("--zeta", type=float, default=1.0, help="DPS step size ζ (default: 1)")
-    p.add_argument("--particles", type=int, default=8, help="SMC particles per sample (default: 8)")
+    p.add_argument("--zeta", type=float, default=None, help="DPS step size ζ (default: 1)")
+    p.add_argument("--particles", type=int, default=None, help="SMC particles per sample (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mask, the observation noise and the sampler")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,6 +135,17 @@ def _run(args) -> int:
     from ..models.gmm import GMM
     from .sample import load_denoiser
 
+    applies = {"--mask": ("mask", "--op", "inpaint"), "--factor": ("factor", "--op", "downsample"),
+               "--kernel": ("kernel", "--op", "blur"), "--zeta": ("zeta", "--method", "dps"),
+               "--particles": ("particles", "--method", "smc")}
+    for flag, (attr, owner, value) in applies.items():         # an option that does not apply is refused
+        if getattr(args, attr) is not None and getattr(args, owner[2:]) != value:
+            raise ValueError(f"{flag} applies to {owner} {value} only; got {owner} {getattr(args, owner[2:])}")
+    args.mask = "half" if args.mask is None else args.mask
+    args.factor = 2 if args.factor is None else args.factor
+    args.kernel = "gaussian:1.5" if args.kernel is None else args.kernel
+    args.zeta = 1.0 if args.zeta is None else args.zeta
+    args.particles = 8 if args.particles is None else args.particles
     for name, value in (("--n", args.n), ("--steps", args.steps), ("--particles", args.particles)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1; got {value}")
