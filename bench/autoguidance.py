@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     old = record.read(out_path) if out_path.exists() else None
     rows = [r for r in (old or {}).get("rows", []) if r.get("features") == args.features]
     done = {row_key(r) for r in rows}
+    commands = list(dict.fromkeys((old or {}).get("commands", [(old or {}).get("command")] if old else [])
+                                  + [record.command_line()]))   # every pass that added rows to this record
     sigmas = sl.schedules.karras(args.steps)
     t_all = time.perf_counter()
 
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
                      out=args.out, title="Autoguidance of the reference U-Net: paired FD per weak model and scale",
                      network=network, columns=["solver", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low",
                                                "fd_diff_high"],
-                     keys=["solver", "weak", "w"], features=args.features, strong=strong_label,
+                     keys=["solver", "weak", "w"], features=args.features, strong=strong_label, commands=commands,
                      notes="fd: Fréchet distance to the first n test images in the named features; fd_diff: guided "
                            "minus unguided (same seeds), with its paired bootstrap 95% interval; network_nfe: "
                            "network evaluations per sample (both networks counted).")
