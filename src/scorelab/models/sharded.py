@@ -26,12 +26,19 @@ __all__ = ["ShardedEmpirical", "ShardedKNN"]
 
 
 def _open(data):
+    """(rows, N): data as given, or a .npy path memory-mapped; checked to be [N, ...] with N >= the world size."""
     if isinstance(data, (str, Path)):
         path = Path(data)
         if path.suffix != ".npy" or not path.is_file():
             raise FileNotFoundError(f"data {str(path)!r} is not an existing .npy file")
-        return np.load(path, mmap_mode="r")
-    return data
+        data = np.load(path, mmap_mode="r")
+    shape = getattr(data, "shape", None)
+    if shape is None or len(shape) < 2:
+        raise TypeError(f"data must be a tensor, an array [N, ...] or a .npy path; got {type(data).__name__}")
+    n, w = int(shape[0]), distributed.world_size()
+    if n < w:
+        raise ValueError(f"data has {n} rows, fewer than the {w} ranks that share it")
+    return data, n
 
 
 class ShardedEmpirical(Empirical):
@@ -44,13 +51,7 @@ class ShardedEmpirical(Empirical):
 
     def __init__(self, data, *, labels=None, flip: bool = False, chunk_size: int = 4096, query_chunk: int = 1024,
                  refine_tol: float | None = None, dtype=None, device=None):
-        source = _open(data)
-        shape = getattr(source, "shape", None)
-        if shape is None or len(shape) < 2:
-            raise TypeError(f"data must be a tensor, an array [N, ...] or a .npy path; got {type(data).__name__}")
-        n, w = int(shape[0]), distributed.world_size()
-        if n < w:
-            raise ValueError(f"data has {n} rows, fewer than the {w} ranks that share it")
+        source, n = _open(data)
         self.source_, self.n_total_ = source, n
         self.shard_ = distributed.block(n)
         part = source[self.shard_.start:self.shard_.stop]
@@ -116,13 +117,7 @@ class ShardedKNN:
 
     def __init__(self, data, k: int = 64, n_random: int = 256, *, chunk_size: int = 4096, seed: int = 0,
                  dtype=None, device=None):
-        source = _open(data)
-        shape = getattr(source, "shape", None)
-        if shape is None or len(shape) < 2:
-            raise TypeError(f"data must be a tensor, an array [N, ...] or a .npy path; got {type(data).__name__}")
-        n, w = int(shape[0]), distributed.world_size()
-        if n < w:
-            raise ValueError(f"data has {n} rows, fewer than the {w} ranks that share it")
+        source, n = _open(data)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ValueError(f"k must be an integer in [1, N={n}]; got {k!r}")
         self.k, self.n_total_, self.seed = k, n, int(seed)
