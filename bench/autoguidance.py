@@ -104,11 +104,12 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
 
     def save():
-        record.write(args.name, sorted(rows, key=lambda r: (r["solver"], r["weak"] != "none", r["weak"], r["w"])),
+        order = sorted(rows, key=lambda r: (r["solver"], r["n"], r["weak"] != "none", r["weak"], r["w"]))
+        record.write(args.name, order,
                      out=args.out, title="Autoguidance of the reference U-Net: paired FD per weak model and scale",
-                     network=network, columns=["solver", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low",
+                     network=network, columns=["n", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low",
                                                "fd_diff_high"],
-                     keys=["solver", "weak", "w"], features=args.features, strong=strong_label, commands=commands,
+                     keys=["n", "weak", "w"], features=args.features, strong=strong_label, commands=commands,
                      notes="fd: Fréchet distance to the first n test images in the named features; fd_diff: guided "
                            "minus unguided (same seeds), with its paired bootstrap 95% interval; network_nfe: "
                            "network evaluations per sample (both networks counted).")
