@@ -69,6 +69,9 @@ def main(argv=None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"scorelab {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:   # under torchrun: leave the process group cleanly (exiting with it alive can abort the process)
+        if "scorelab.distributed" in sys.modules:
+            sys.modules["scorelab.distributed"].close()
     return int(status or 0)
 
 

@@ -124,6 +124,9 @@ def init(backend: str | None = None, *, timeout: float | None = None) -> bool:
         kwargs["device_id"] = device
     dist.init_process_group(backend, init_method="env://", rank=r, world_size=size,
                             timeout=datetime.timedelta(seconds=timeout), **kwargs)
+    import atexit
+
+    atexit.register(close)   # a process that exits with the group alive can abort in gloo's threads (SIGABRT)
     return True
 
 
@@ -131,7 +134,10 @@ def close() -> None:
     """Destroy the process group (if any)."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:   # a group whose peer is gone: nothing left to tear down cleanly
+            pass
 
 
 class RankLost(ConnectionError):
