@@ -7,7 +7,7 @@ import argparse
 import sys
 from importlib import import_module
 
-COMMANDS = ["data", "fit", "train", "sample", "restore", "diagnose", "metrics", "report", "bench"]
+COMMANDS = ["data", "fit", "train", "sample", "schedule", "restore", "diagnose", "metrics", "report", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,8 +22,11 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, metavar="FILE|DIR",
                    help="a model saved by `scorelab fit` (.safetensors) or a trained network (directory or file)")
     p.add_argument("--solver", default="heun", choices=sorted(SAMPLERS), help="sampler (default: heun)")
-    p.add_argument("--steps", type=int, default=18, help="number of solver steps of the grid (default: 18)")
-    p.add_argument("--schedule", default="karras", choices=sorted(NAMES), help="σ grid (default: karras)")
+    p.add_argument("--steps", type=int, default=None, help="number of solver steps of the grid (default: 18)")
+    p.add_argument("--schedule", default=None, choices=sorted(NAMES), help="σ grid (default: karras)")
+    p.add_argument("--sigmas", default=None, metavar="JSON",
+                   help="a saved grid (`scorelab schedule optimize`) instead of --schedule/--steps; with --teleport "
+                        "and no --skip/--sigma-skip, the jump lands on the grid's recorded sigma_skip")
     p.add_argument("--sigma-min", type=float, default=None,
                    help="smallest non-zero σ (default: 0.002; not for vp_linear, whose range its βs set)")
     p.add_argument("--sigma-max", type=float, default=None,
@@ -209,7 +212,18 @@ def _run(args) -> int:
 
     sharded = distributed.init()   # under torchrun (before loading: "cuda" is then this rank's GPU)
     dtype = torch_dtype(args.dtype)
-    check_steps(args.steps)
+    saved_skip = None
+    if args.sigmas is not None:
+        given = [f"--{k.replace('_', '-')}" for k in ("steps", "schedule", "sigma_min", "sigma_max", "rho")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"--sigmas gives the whole grid: drop {', '.join(given)}")
+        sigmas, provenance = schedules.load(args.sigmas, provenance=True)
+        saved_skip = provenance.get("sigma_skip")
+    else:
+        args.steps = 18 if args.steps is None else args.steps
+        args.schedule = args.schedule or "karras"
+        check_steps(args.steps)
     model = load_denoiser(args.model, device=args.device, dtype=dtype if args.dtype == "float64" else None)
     shape = getattr(model, "shape_", None)
     if args.shape:
@@ -220,7 +234,9 @@ def _run(args) -> int:
     if shape is None:
         raise ValueError(f"--model {args.model!r} records no sample shape; pass --shape C,H,W")
     kwargs = {}
-    if args.schedule in ("karras", "exponential", "logsnr_uniform", "vp_cosine"):
+    if args.sigmas is not None:
+        pass
+    elif args.schedule in ("karras", "exponential", "logsnr_uniform", "vp_cosine"):
         kwargs = dict(sigma_min=0.002 if args.sigma_min is None else args.sigma_min,
                       sigma_max=80.0 if args.sigma_max is None else args.sigma_max)
     elif args.sigma_min is not None or args.sigma_max is not None:
@@ -230,13 +246,16 @@ def _run(args) -> int:
         if args.schedule != "karras":
             raise ValueError(f"--rho applies to --schedule karras only; got --schedule {args.schedule}")
         kwargs["rho"] = args.rho
-    sigmas = schedules.get(args.schedule, args.steps, **kwargs)
+    if args.sigmas is None:
+        sigmas = schedules.get(args.schedule, args.steps, **kwargs)
     gaussian = None
     if args.teleport is not None:
         gaussian = load_teleport(args.teleport, device=args.device)
     elif args.skip is not None or args.sigma_skip is not None or args.warm_history:
         raise ValueError("--skip/--sigma-skip/--warm-history need --teleport GAUSSIAN_FILE")
     skip = args.skip
+    if gaussian is not None and skip is None and args.sigma_skip is None and saved_skip is not None:
+        args.sigma_skip = float(saved_skip)
     if skip is not None and skip != "auto":
         try:
             skip = float(skip)
@@ -291,7 +310,7 @@ def _run(args) -> int:
         with atomic_path(args.save_samples, ".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, images.numpy())
-    summary = dict(model=str(args.model), teleport=args.teleport, schedule=args.schedule,
+    summary = dict(model=str(args.model), teleport=args.teleport, schedule=args.sigmas or args.schedule,
                    class_labels=args.class_labels, guidance=args.guidance, guidance_interval=args.guidance_interval,
                    guide_with=args.guide_with, **result.summary(),
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype,

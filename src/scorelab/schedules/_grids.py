@@ -1,4 +1,4 @@
-"""Noise schedules: 1-D float tensors of σ, strictly decreasing, ending in exactly 0.
+"""Grid builders: 1-D float tensors of σ, strictly decreasing, ending in exactly 0.
 
 Every builder takes `n` (number of steps; the grid has n + 1 entries; 1 <= n <= MAX_STEPS = 100,000, checked
 before anything is allocated), `device=` and `dtype=` (float64 by default: step coefficients are computed in
@@ -10,10 +10,10 @@ import math
 
 import torch
 
-from ._checks import check_positive_int, check_sigmas
+from .._checks import check_positive_int, check_sigmas
 
-__all__ = ["karras", "exponential", "logsnr_uniform", "vp_linear", "vp_cosine", "append_zero", "get", "NAMES",
-           "MAX_STEPS"]
+__all__ = ["karras", "exponential", "logsnr_uniform", "kl_optimal", "vp_linear", "vp_cosine", "append_zero", "get",
+           "NAMES", "MAX_STEPS"]
 
 # Longest grid a builder makes: far beyond any sampler's use (EDM converges by a few hundred steps), small enough
 # that a typo such as n=1_000_000_000 fails at once instead of allocating gigabytes.
@@ -86,6 +86,30 @@ def logsnr_uniform(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *,
     return exponential(n, sigma_min, sigma_max, device=device, dtype=dtype)
 
 
+def kl_optimal(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, *, sigma_data: float = 1.0,
+               device=None, dtype=torch.float64) -> torch.Tensor:
+    """The grid uniform in θ = arctan(σ/c), c = `sigma_data`: σ_i = c·tan((1 − i/(n−1))·θ_max + i/(n−1)·θ_min),
+    then 0 — Align Your Steps' optimum for Gaussian data (Sabour et al. 2024, §3.1), exact here as follows.
+
+    For data N(μ, c²I), one Euler (DDIM) step of the PF-ODE from σ = c·tan α to σ' = c·tan β maps x − μ to
+    (c² + σσ')/(c² + σ²)·(x − μ) = cos(α − β)·(cos α / cos β)·(x − μ), where cos α / cos β is the exact flow's
+    factor. A grid's solution is therefore the exact one times ∏ cos(Δθ_i): the endpoint error, and the KL of the
+    final Gaussian to the data's, shrink as that product grows, and for the fixed total angle θ_max − θ_min the
+    product of cosines (log-concave) is largest when every Δθ_i is the same. The last step, σ_min → 0, is fixed by
+    σ_min. For a Gaussian with unequal variances, `scorelab.schedules.optimize(..., method="ays")` finds the grid
+    numerically. tests/test_schedule_search.py checks both statements against a numerical minimiser."""
+    n = _check_steps(n)
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    c = float(sigma_data)
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"sigma_data must be a finite number > 0; got {sigma_data}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    theta = (1 - ramp) * math.atan(sigma_max / c) + ramp * math.atan(sigma_min / c)
+    sigmas = c * torch.tan(theta)
+    sigmas[0], sigmas[-1] = sigma_max, (sigma_min if n > 1 else sigma_max)    # exact ends, not tan∘atan's rounding
+    return _finish(sigmas, device, dtype, n=n, sigma_min=sigma_min, sigma_max=sigma_max)
+
+
 def vp_linear(n: int, beta_min: float = 0.1, beta_d: float = 19.9, eps_s: float = 1e-3, *, device=None,
               dtype=torch.float64) -> torch.Tensor:
     """VP-SDE linear-β schedule (Song et al. 2021) uniform in t ∈ [1, ε_s]:
@@ -116,7 +140,7 @@ def vp_cosine(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, s: floa
     return _finish(torch.sqrt((1 - abar) / abar), device, dtype, n=n, sigma_min=sigma_min, sigma_max=sigma_max)
 
 
-NAMES = {"karras": karras, "exponential": exponential, "logsnr_uniform": logsnr_uniform,
+NAMES = {"karras": karras, "exponential": exponential, "logsnr_uniform": logsnr_uniform, "kl_optimal": kl_optimal,
          "vp_linear": vp_linear, "vp_cosine": vp_cosine}
 
 
