@@ -25,7 +25,8 @@ Two objectives, each minimised exactly over a fine candidate grid by dynamic pro
   current) level pairs finds the cheapest path of exactly the steps the NFE budget buys (exact for solvers that
   remember at most one earlier point; longer histories are taken along the best path). `refine` sweeps of
   coordinate descent then minimise the true endpoint error of full solves (what the dynamic programme only
-  approximates: errors compound, UniPC's corrector).
+  approximates: errors compound, UniPC's corrector), starting from the best of the DP path and the `baselines`
+  grids on that error, so the result is never worse than those on the search's batch.
 
 With `teleport=` (a fitted Gaussian) the search starts at `sigma_skip`: the returned grid keeps `history_points`
 levels above it (log-spaced from σ_max), which the Gaussian's exact jump replaces (`scorelab.sample(...,
@@ -215,7 +216,8 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
              candidates: int | None = None, refine: int = 1, teacher_solver: str = "heun", substeps: int = 4,
              teleport=None, sigma_skip: float | None = None, warm_history: bool = True, history_points: int = 3,
              solver_args: dict | None = None, extra_args: dict | None = None, seed: int = 0,
-             baselines: tuple = ("karras",), return_info: bool = False, progress: bool = False):
+             baselines: tuple = ("karras",), cache: dict | None = None, return_info: bool = False,
+             progress: bool = False):
     """A grid of σ (ending in 0) on which `solver` spends `nfe` denoiser evaluations, tuned to `teacher`.
 
     `teacher`: any denoiser; a fitted `scorelab.Gaussian` gives the closed forms (exact trajectory, exact KL
@@ -226,6 +228,8 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
     on full solves ("dp"; 0 to skip). `teleport`, `sigma_skip`, `warm_history`, `history_points`: search the grid
     that runs after a Gaussian's exact jump (see the module docstring). `baselines`: schedule names whose RMS on the
     same batch is reported in the info ("dp"). `extra_args`: conditioning for every call (batch of n_samples).
+    `cache`: a dict the caller owns, in which "dp" keeps the teacher's trajectories (keyed by everything that
+    determines them) so that searches for several solvers and budgets pay for the teacher once.
     Returns the float64 grid, or (grid, `Search`) with `return_info=True`."""
     start_time = time.perf_counter()
     if method not in METHODS:
@@ -288,7 +292,7 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
         m = 48 if candidates is None else check_positive_int(candidates, name="candidates")
         grid, info = _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, sigma_min,
                          sigma_max, pre, m, n_samples, seed, refine, teacher_solver, substeps, teleport,
-                         sigma_skip, warm_history, extra_args, device, dtype, baselines, progress)
+                         sigma_skip, warm_history, extra_args, device, dtype, baselines, cache, progress)
     info.seconds = round(time.perf_counter() - start_time, 3)
     grid = grid.to(torch.float64)
     return (grid, info) if return_info else grid
@@ -375,7 +379,7 @@ def _ays_sampled(denoiser, data, top, sigma_min, steps, m, n_samples, seed, extr
 # ---------------------------------------------------------------------------------------------- "dp"
 def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, sigma_min, sigma_max, pre, m,
         n_samples, seed, refine, teacher_solver, substeps, teleport, sigma_skip, warm_history, extra_args, device,
-        dtype, baselines, progress):
+        dtype, baselines, cache, progress):
     gen = torch.Generator().manual_seed(int(seed))
     x_T = (sigma_max * torch.randn((n_samples, *shape), generator=gen)).to(device=device, dtype=dtype)
     levels = _geometric(top, sigma_min, m)
@@ -392,7 +396,11 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
         history0 = list(hist or [])
 
     # the teacher's trajectory at every level, and its endpoint at σ = 0
-    if hasattr(teacher, "trajectory"):
+    key = ("dp-teacher", id(teacher), id(teleport), seed, n_samples, tuple(shape), sigma_max, tuple(pre),
+           tuple(levels), teacher_solver, substeps, bool(history0), str(device), str(dtype))
+    if cache is not None and key in cache and not extra_args:
+        points, x_end, teacher_how = cache[key]
+    elif hasattr(teacher, "trajectory"):
         traj = teacher.trajectory(x_top, torch.tensor(levels + [0.0], dtype=torch.float64), **extra_args)
         points, x_end = [traj[j] for j in range(m)], traj[m]
         teacher_how = "exact trajectory"
@@ -418,7 +426,15 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
         points = [recorded[j] for j in range(m)]
         teacher_how = f"{teacher_solver}, {len(fine)} steps"
     points = [p.contiguous() for p in points]
-    values = [call_model(p, lev) for p, lev in zip(points, levels)]
+    if cache is not None and not extra_args:
+        cache[key] = (points, x_end, teacher_how)
+    vkey = key + ("values", id(model))
+    if cache is not None and vkey in cache and not extra_args:
+        values = cache[vkey]
+    else:
+        values = [call_model(p, lev) for p, lev in zip(points, levels)]
+        if cache is not None and not extra_args:
+            cache[vkey] = values
     cached = _Cached(call_model, points, values)
     c2 = float(x_end.reshape(n_samples, -1).to(torch.float64).var(0).mean())
     memory = _memory(fn, solver_args)
@@ -481,6 +497,15 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
 
     current = total(path)
     after_dp = current
+    from . import _grids
+
+    base_paths = {name: [float(v) for v in _grids.get(name, steps, sigma_min=sigma_min, sigma_max=top)[:-1]]
+                  for name in baselines}
+    base_totals = {name: total(p) for name, p in base_paths.items()}
+    start_from = "dp"
+    for name, v in base_totals.items():        # coordinate descent starts from the best of DP and the baselines
+        if v < current:
+            current, path, start_from = v, list(base_paths[name]), name
     for _ in progress_bar(range(refine), enabled=progress, desc="dp: refine"):
         for p in range(1, len(path)):
             hi = path[p - 1]
@@ -495,17 +520,13 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
                 if v < current:
                     current, path = v, cand
     final = solve(path)
-    base = {}
-    from . import _grids
-
-    for name in baselines:
-        g = _grids.get(name, steps, sigma_min=sigma_min, sigma_max=top)
-        base[name] = rms(solve([float(s) for s in g[:-1]]))
+    base = {name: rms(solve(p)) for name, p in base_paths.items()}
     grid = torch.tensor(pre + path + [0.0], dtype=torch.float64)
     info = Search("dp", solver_name, nfe, steps, grid.tolist(), len(pre), sigma_skip, objective=current,
                   rms=rms(final), baseline_rms=base, evaluations=call_teacher.rows + (
                       call_model.rows if call_model is not call_teacher else 0),
                   details={"levels": m, "samples": n_samples, "teacher": teacher_how, "memory": memory,
                            "dp_value": dp_value, "endpoint_error_after_dp": after_dp, "refine_sweeps": refine,
+                           "refined_from": start_from,
                            "warm_history": bool(history0), "endpoint_variance": c2})
     return grid, info
