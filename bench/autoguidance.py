@@ -49,7 +49,8 @@ def load_weak(spec: str, data_path=None):
 
 
 def row_key(r: dict) -> tuple:
-    return (r["weak"], float(r["w"]), r["solver"], int(r["steps"]), int(r["n"]), int(r["seed"]))
+    return (r.get("features", "classifier"), r["weak"], float(r["w"]), r["solver"], int(r["steps"]), int(r["n"]),
+            int(r["seed"]))
 
 
 def cached_samples(key: dict, run):
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     ref = features(fashion_mnist("test", args.n, args.data_path), args.features)
     out_path = record.results_dir(args.out) / f"{args.name}.json"
     old = record.read(out_path) if out_path.exists() else None
-    rows = [r for r in (old or {}).get("rows", []) if r.get("features") == args.features]
+    rows = list((old or {}).get("rows", []))   # rows of every feature kind stay; a pass adds its own
     done = {row_key(r) for r in rows}
     commands = list(dict.fromkeys((old or {}).get("commands", [(old or {}).get("command")] if old else [])
                                   + [record.command_line()]))   # every pass that added rows to this record
@@ -104,15 +105,21 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
 
     def save():
-        order = sorted(rows, key=lambda r: (r["solver"], r["n"], r["weak"] != "none", r["weak"], r["w"]))
+        for r in rows:   # the interval as one readable column (the record keeps its ends as numbers too)
+            r["fd_diff_ci"] = "" if r["weak"] == "none" else f"[{r['fd_diff_low']:+.3g}, {r['fd_diff_high']:+.3g}]"
+        order = sorted(rows, key=lambda r: (r.get("features", "classifier"), r["solver"], r["n"],
+                                            r["weak"] != "none", r["weak"], r["w"]))
         record.write(args.name, order,
                      out=args.out, title="Autoguidance of the reference U-Net: paired FD per weak model and scale",
-                     network=network, columns=["n", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low",
-                                               "fd_diff_high"],
-                     keys=["n", "weak", "w"], features=args.features, strong=strong_label, commands=commands,
+                     network=network, columns=["features", "n", "weak", "w", "network_nfe", "fd", "fd_diff",
+                                               "fd_diff_ci"],
+                     keys=["features", "n", "weak", "w"],
+                     features=sorted({r.get("features", "classifier") for r in rows}), strong=strong_label,
+                     commands=commands,
                      notes="fd: Fréchet distance to the first n test images in the named features; fd_diff: guided "
-                           "minus unguided (same seeds), with its paired bootstrap 95% interval; network_nfe: "
-                           "network evaluations per sample (both networks counted).")
+                           "minus unguided (same seeds), with its paired bootstrap 95% interval (fd_diff_ci; its "
+                           "ends: fd_diff_low, fd_diff_high); network_nfe: network evaluations per sample (both "
+                           "networks counted).")
 
     for solver in solvers:
         sampler, opts = SOLVERS[solver]
@@ -135,7 +142,7 @@ def main(argv=None) -> int:
         for spec in weak_specs:
             weak = None
             for w in scales:
-                key = (spec, float(w), solver, args.steps, args.n, args.seed)
+                key = (args.features, spec, float(w), solver, args.steps, args.n, args.seed)
                 if key in done:
                     continue
                 weak = weak if weak is not None else load_weak(spec, args.data_path)
@@ -146,6 +153,7 @@ def main(argv=None) -> int:
                 rows.append(dict(solver=solver, steps=args.steps, weak=spec, w=float(w), n=args.n, seed=args.seed,
                                  features=args.features, nfe=res["nfe"], network_nfe=res["network_nfe"],
                                  fd=d.fid_a, fd_diff=d.difference, fd_diff_low=d.low, fd_diff_high=d.high,
+                                 n_boot=args.n_boot,
                                  seconds=round(res["seconds"], 1)))
                 done.add(key)
                 save()
