@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from ._io import atomic_path, write_text
+from .loading import load_denoiser
 
-__all__ = ["build_report", "load_denoiser", "save_line_plot", "save_bar_plot", "png_bytes"]
+__all__ = ["build_report", "save_line_plot", "save_bar_plot", "png_bytes"]
 
 
 # ------------------------------------------------------------------------------------------- plots (PNG)
@@ -102,23 +103,6 @@ def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int | None = 
 
 
 # ------------------------------------------------------------------------------------------- building blocks
-def load_denoiser(spec, device=None):
-    """A denoiser from a callable (returned as is), a trained-network directory/file or an analytic model file."""
-    if callable(spec):
-        return spec
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"model {str(path)!r} does not exist (expected a network directory or a model file)")
-    from ._io import load_state
-    from .models import REGISTRY, load
-
-    if path.is_file() and load_state(path)[1] in REGISTRY:
-        return load(path, device=device)
-    from .nets import load_model
-
-    return load_model(path, device=device)
-
-
 def _fit_models(train, which, log):
     """name → fitted analytic model, for the kinds in `which` that are available; failures are logged."""
     import scorelab as sl

@@ -98,29 +98,10 @@ def parse_opts(items) -> dict:
 
 
 def load_denoiser(path, device=None, dtype=None, option: str = "--model"):
-    """A saved closed-form model (scorelab.models.load) or a trained network (scorelab.nets.load_model); errors
-    name `option`."""
-    from .._io import load_state
+    """`scorelab.loading.load_denoiser` with errors naming the command-line `option`."""
+    from ..loading import load_denoiser as load
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{option} {str(path)!r} does not exist")
-    kind = None
-    if path.is_file():
-        _, kind, _ = load_state(path)
-    if path.is_dir() or kind == "edm-net":
-        from ..nets import load_model
-
-        try:
-            return load_model(path, device=device, dtype=dtype)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{option} {str(path)!r}: {e}") from None
-    from ..models import load
-
-    model = load(path, device=device)
-    if dtype is not None and hasattr(model, "to"):
-        model = model.to(device=device, dtype=dtype)
-    return model
+    return load(path, device=device, dtype=dtype, name=option)
 
 
 def load_teleport(path, device=None):
