@@ -212,3 +212,15 @@ def test_cli_bad_input_exits_2(only_sample_command, tmp_path, capsys):
                      "--solver", "euler_ancestral", "--opt", "eta=0.5", "--out", str(tmp_path / "s.png"),
                      "--no-progress"]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_a_run_too_large_for_memory_is_refused_before_sampling():
+    calls = []
+
+    def D(x, sigma):
+        calls.append(1)
+        return x
+
+    with pytest.raises(ValueError, match=r"n=10000000000 samples .* GiB"):
+        sl.sample(D, n=10 ** 10, shape=(1, 28, 28), steps=2)
+    assert not calls

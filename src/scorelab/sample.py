@@ -103,6 +103,25 @@ def _check_solver_opts(fn, name: str, opts: dict) -> None:
         raise TypeError(f"solver {name!r} has no option {', '.join(bad)}; its options are {allowed or 'none'}")
 
 
+def _check_fits(n: int, shape, dtype, device) -> None:
+    """The n samples are returned as one tensor: refuse at once (not after hours of sampling) when it cannot fit
+    in this machine's memory (CPU: physical memory; CUDA: the device's)."""
+    need = n * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            import os
+
+            have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        raise ValueError(f"n={n} samples of shape {tuple(shape)} in {dtype} take {need / 2 ** 30:.1f} GiB, more than "
+                         f"this machine's {have / 2 ** 30:.1f} GiB of {device.type} memory; draw them in several runs "
+                         f"(seed and indices= keep them reproducible)")
+
+
 def _check_indices(indices, n: int) -> list[int]:
     try:
         out = [int(i) for i in indices]
@@ -163,6 +182,7 @@ def sample(denoiser, n: int = 64, shape=None, sigmas=None, solver="heun", seed: 
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
     device = device_of(denoiser) if device is None else torch.device(device)
+    _check_fits(n, shape, dtype, device)
     order = range(n) if indices is None else _check_indices(indices, n)
 
     if callable(solver):
