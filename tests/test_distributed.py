@@ -325,14 +325,15 @@ def test_init_rejects_a_broken_environment(monkeypatch):
         distributed.init()
 
 
-def torchrun(args, cwd, retry: bool = True) -> str:
+def torchrun(args, cwd, retry: bool = True, **env) -> str:
     """`torchrun --nproc-per-node 2 ... -m scorelab ARGS` on 127.0.0.1 (asserts success); returns its output."""
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "scorelab", *map(str, args)]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     out, = wait_all([proc])
     if proc.returncode != 0 and retry and port_taken([out]):
-        return torchrun(args, cwd, retry=False)
+        return torchrun(args, cwd, retry=False, **env)
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -365,3 +366,77 @@ def test_torchrun_cli_as_users_type_it(problem, tmp_path):
     a, b = (json.loads((tmp_path / f"{k}_fid.json").read_text()) for k in "ab")
     assert a["world_size"] == 2 and b["world_size"] == 1 and a["n_samples"] == 1100 and a["n_data"] == 1300
     assert b["fid"] > 0.01 and abs(a["fid"] - b["fid"]) <= 1e-9 * b["fid"]
+
+
+def test_torchrun_diagnose_explained_equals_one_process(problem, tmp_path):
+    """`torchrun ... -m scorelab -- diagnose explained ... --batch-size 4`: 8 batches of held-out rows dealt over 2
+    processes, the sums combined; the table printed and written once, equal to the single-process one (EV to 1e-9
+    relative, the per-image r² median exactly)."""
+    import json
+
+    from scorelab import cli
+
+    tmp, data, *_ = problem
+    sl.Gaussian.fit(data, rank=2).save(tmp_path / "g2.safetensors")
+    args = ["diagnose", "explained", "--reference", tmp / "data.safetensors", "--model", tmp_path / "g2.safetensors",
+            "--data", tmp / "data.npy", "--split", "train", "--n", "31", "--batch-size", "4", "--sigmas", "0.1,1,10"]
+    out = torchrun(["--", *args, "--json", "a.json"], tmp_path)
+    assert out.count("| sigma |") == 1   # rank 0 alone prints the table
+    assert cli.main([*map(str, args), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text())["rows"] for k in "ab")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x["sigma"] == y["sigma"] and x["r2_median"] == y["r2_median"]
+        for key in ("ev_score", "ev_denoiser", "mse"):
+            assert abs(x[key] - y[key]) <= 1e-9 * abs(y[key]), (key, x[key], y[key])
+    assert b[1]["ev_denoiser"] < 0.99   # a rank-2 Gaussian against the full one: a table worth comparing
+
+
+def test_torchrun_metrics_stats(tmp_path, monkeypatch):
+    """`metrics stats` under torchrun: each process takes its block of 500 images (here from a feature cache
+    filled beforehand, so no Inception runs), (μ, Σ) all-reduced, rank 0 writes the statistics file once: equal to
+    the single-process statistics of the same features to 1e-9."""
+    import hashlib
+    import json
+
+    from scorelab._io import load_state, save_state
+    from scorelab.metrics.inception import network_path
+    from scorelab.metrics.pixels import quantize
+    from scorelab.metrics.stats import _sha1
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCORELAB_CACHE", str(cache))
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(1000, 1, 4, 4, generator=gen) * 2 - 1
+    np.save(tmp_path / "imgs.npy", images.numpy())
+    sha = hashlib.sha1(network_path().read_bytes()).hexdigest()
+    feats = torch.randn(1000, 2048, generator=gen) * torch.linspace(0.1, 2, 2048) + 3.0
+    for i in (0, 500):   # the features cache_image_features would store for each block of 500
+        block = quantize(images[i:i + 500])
+        save_state(cache / "features" / sha[:12] / f"{_sha1(block)}.safetensors", {"features": feats[i:i + 500]},
+                   kind="inception-features", config={"n": 500, "network_sha1": sha})
+    out = torchrun(["metrics", "stats", "--data", tmp_path / "imgs.npy", "--split", "train", "--json", "s.json"],
+                   tmp_path, SCORELAB_CACHE=cache)
+    assert sum(line.startswith("{") for line in out.splitlines()) == 1   # rank 0 alone prints the result
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert res["world_size"] == 2 and res["n"] == 1000 and res["network_sha1"] == sha
+    t, _, cfg = load_state(res["path"], kind="reference-stats")
+    ref = feature_stats(feats)
+    assert cfg["n"] == 1000
+    torch.testing.assert_close(t["mu"], ref.mu, rtol=1e-12, atol=0)
+    assert ((t["sigma"] - ref.sigma).abs().max() / ref.sigma.abs().max()).item() < 1e-9
+
+
+def test_torchrun_fit_rank0_writes(problem, tmp_path):
+    """`fit knn` under torchrun (fitting is not sharded): rank 0 fits and writes the single-process model, the other
+    rank leaves at once."""
+    from scorelab import cli
+    from scorelab._io import load_state
+
+    tmp, *_ = problem
+    knn = ["fit", "knn", "--data", tmp / "data.npy", "--k", "3", "--n-random", "4"]
+    out = torchrun([*knn, "--out", "k2.safetensors"], tmp_path)
+    assert sum(line.startswith("{") for line in out.splitlines()) == 1   # rank 0 alone fits and reports
+    assert cli.main([*map(str, knn), "--out", str(tmp_path / "k1.safetensors")]) == 0
+    a, b = (load_state(tmp_path / f"k{i}.safetensors") for i in (1, 2))
+    assert a[1:] == b[1:] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])

@@ -83,7 +83,10 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
 
     `model`: a denoiser, or a dict name → denoiser (the reference is then evaluated once per batch for all).
     `data`: clean held-out samples [N, *shape] (the first `n` are used); `sigmas`: noise levels > 0 (a schedule's
-    final 0 is dropped). Rows: {sigma, model, ev_score, ev_denoiser, r2_median, mse}."""
+    final 0 is dropped). Rows: {sigma, model, ev_score, ev_denoiser, r2_median, mse}. Under an initialised
+    process group (torchrun) the batches are dealt round-robin over the ranks and the sums combined, so every rank
+    gets the single-process table (to rounding) with a 1/W share of the denoiser calls."""
+    from . import _collectives as distributed
     from ._io import progress_bar
 
     models = _as_models(model)
@@ -98,6 +101,7 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
     n_img, dim = data.shape[0], data[0].numel()
     rows = Table()
     bar = progress_bar(total=len(levels) * n_img, desc="explained variance", unit="img", enabled=progress, leave=False)
+    mine = set(distributed.shard(range(0, n_img, batch_size)))   # this rank's batches (all in one process)
     for j, sigma in enumerate(levels):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
         err = {name: torch.zeros((), dtype=torch.float64) for name in models}
@@ -108,6 +112,9 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
         for i in range(0, n_img, batch_size):
             x0 = data[i:i + batch_size].to(device=device, dtype=dtype)
             eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+            if i not in mine:   # every rank draws every batch's noise, so a batch's noise never depends on W
+                bar.update(x0.shape[0])
+                continue
             x = x0 + sigma * eps
             d_ref = reference(x, sigma).to(torch.float64).reshape(x.shape[0], -1).cpu()
             x64 = x.to(torch.float64).reshape(x.shape[0], -1).cpu()
@@ -122,7 +129,11 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
                 err[name] += (d_m - d_ref).square().sum()
                 r2[name].append(per_image_r2(d_m, d_ref))
             bar.update(x.shape[0])
-        total_var = s2 - s1.square().sum() / n_img
+        if distributed.is_distributed():
+            err, score_den, total_var, r2 = _reduce_explained(err, score_den, shift, s1, s2, r2, sorted(mine),
+                                                              batch_size, n_img, dim)
+        else:
+            total_var = s2 - s1.square().sum() / n_img
         for name in models:
             e = float(err[name])
             rows.append(dict(sigma=sigma, model=name,
@@ -132,6 +143,31 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
                              mse=e / (n_img * dim)))
     bar.close()
     return rows
+
+
+def _reduce_explained(err, score_den, shift, s1, s2, r2, mine, batch_size, n_img, dim):
+    """explained_variance's sums over all ranks: errors and score denominators added, the variance of D_ref combined
+    from each rank's count, mean and centred sum of squares (Chan et al.), per-image r² placed by image index."""
+    from . import _collectives as distributed
+
+    n_r = sum(min(n_img, i + batch_size) - i for i in mine)
+    mean_r = shift + s1 / n_r if n_r else torch.zeros(dim, dtype=torch.float64)
+    m2_r = s2 - s1.square().sum() / n_r if n_r else torch.zeros((), dtype=torch.float64)
+    names = list(err)
+    packed = torch.cat([torch.stack([torch.tensor(float(n_r), dtype=torch.float64), m2_r, score_den,
+                                     *(err[k] for k in names)]), mean_r])
+    every = distributed.all_gather(packed)   # [W, 3 + models + dim]
+    counts, means = every[:, 0], every[:, 3 + len(names):]
+    mean = (counts[:, None] * means).sum(0) / counts.sum()
+    total_var = every[:, 1].sum() + (counts * (means - mean).square().sum(1)).sum()
+    placed = torch.zeros(len(names), n_img, dtype=torch.float64)   # each image's r² from the rank that holds it
+    for m, k in enumerate(names):
+        if r2[k]:
+            idx = torch.cat([torch.arange(i, min(n_img, i + batch_size)) for i in mine])
+            placed[m, idx] = torch.cat(r2[k]).to(torch.float64).cpu()
+    placed = distributed.all_reduce(placed, "sum")
+    return ({k: every[:, 3 + m].sum() for m, k in enumerate(names)}, every[:, 2].sum(), total_var,
+            {k: [placed[m]] for m, k in enumerate(names)})
 
 
 def _noise_for(seeds, shape, dtype, device) -> torch.Tensor:

@@ -191,7 +191,12 @@ def _run(args) -> int:
     import torch
 
     from .. import data as data_mod
+    from .. import distributed
 
+    # under torchrun: fitting is one pass over the data (or storing it), not sharded; rank 0 fits and writes,
+    # the other ranks leave at once (a sharded exact denoiser is sl.ShardedEmpirical over the data's .npy)
+    if distributed.init() and distributed.rank() != 0:
+        return 0
     torch.manual_seed(args.seed)
     if getattr(args, "labels", False):
         if args.data not in data_mod.DATASETS:

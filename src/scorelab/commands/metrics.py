@@ -39,15 +39,20 @@ def _write(result: dict, args) -> None:
 
 
 def _run_stats(args) -> int:
+    from .. import distributed
     from ..metrics.inception import default_extractor
-    from ..metrics.stats import _stats_path, reference_stats
+    from ..metrics.stats import _stats_path
 
+    distributed.init()   # under torchrun: each rank's blocks of images, (μ, Σ) all-reduced, rank 0 writes
     limit = None if args.limit is None else _positive(args.limit, "--limit")
-    stats = reference_stats(args.data, args.split, limit, batch_size=_positive(args.batch_size, "--batch-size"),
+    stats = distributed.reference_stats(args.data, args.split, limit, batch_size=_positive(args.batch_size, "--batch-size"),
                             device=args.device)
+    if distributed.rank() != 0:
+        return 0
     net = default_extractor(args.device, args.batch_size)
     _write({"data": args.data, "split": args.split, "n": stats.n, "network_sha1": net.sha1_,
-            "path": str(_stats_path(args.data, args.split, stats.n, net.sha1_))}, args)
+            "path": str(_stats_path(args.data, args.split, stats.n, net.sha1_)),
+            "world_size": distributed.world_size()}, args)
     return 0
 
 

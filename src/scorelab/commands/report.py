@@ -91,8 +91,10 @@ def _run_explained(args) -> int:
     from .. import data as data_mod
     from .._io import write_json
     from ..diagnostics import explained_variance
+    from .. import distributed
     from ..report import load_denoiser, save_line_plot
 
+    distributed.init()   # under torchrun: the held-out batches are dealt over the ranks, rank 0 writes
     grid = _grid(args)
     log = []
     ref = load_denoiser(args.reference, device=args.device)
@@ -101,7 +103,9 @@ def _run_explained(args) -> int:
     if not models:
         raise ValueError("give at least one --model PATH or --fit NAMES")
     held = data_mod.resolve(args.data, split=args.split, limit=args.limit)
-    table = explained_variance(models, ref, held, grid, n=args.n)
+    table = explained_variance(models, ref, held, grid, n=args.n, batch_size=args.batch_size)
+    if distributed.rank() != 0:
+        return 0
     print(table.to_markdown())
     for line in log:
         print(line)
@@ -128,6 +132,9 @@ def register_explained(sub) -> None:
     p.add_argument("--sigmas", default=None, metavar="S1,S2,...", help="explicit noise levels instead of the grid")
     p.add_argument("--space", default="score", choices=["score", "denoiser"], help="EV plotted with --plot")
     p.add_argument("--plot", metavar="PNG", default=None, help="plot EV vs σ to this PNG")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="held-out images per denoiser call; under torchrun the batches are dealt over the "
+                        "processes (default: 256)")
     p.set_defaults(func=_run_explained)
 
 
