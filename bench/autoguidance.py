@@ -53,9 +53,46 @@ def row_key(r: dict) -> tuple:
             int(r["seed"]))
 
 
-def cached_samples(key: dict, run):
-    """Images, NFE and seconds of a run from the cache (keyed by everything that determines them), else `run()`."""
-    return cached_run("autoguidance", key, run, ("images", "nfe", "network_nfe", "seconds"))[0]
+FIELDS = ("images", "nfe", "network_nfe", "seconds")
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _raise_not_cached():
+    raise _NotCached
+
+
+def cached_samples(key: dict, run, chunk: int | None = None, only=None):
+    """Images, NFE and seconds of a run from the cache (keyed by everything that determines them), else drawn.
+
+    `run(indices)` draws the samples `indices` (a range; sample i always from the generator of (seed, i), so a
+    chunk's images equal the same rows of the whole run). A run cached whole (as earlier passes stored it) is read
+    as it is; otherwise the run is drawn and cached in chunks of `chunk` samples (default: whole), so a stopped
+    pass loses at most one chunk and several processes can share the chunks. `only`: draw (or find) only these
+    chunk numbers and return None (a sampling-only share of the work)."""
+    n = int(key["n"])
+    try:
+        return cached_run("autoguidance", key, _raise_not_cached, FIELDS)[0]
+    except _NotCached:
+        pass
+    if chunk is None or chunk >= n:
+        if only is not None:
+            only = [c for c in only if c == 0]
+            if not only:
+                return None
+        out = cached_run("autoguidance", key, lambda: run(range(n)), FIELDS)[0]
+        return None if only is not None else out
+    starts = list(range(0, n, chunk))
+    parts = []
+    for c in (only if only is not None else range(len(starts))):
+        lo, hi = starts[c], min(starts[c] + chunk, n)
+        parts.append(cached_run("autoguidance", {**key, "lo": lo, "hi": hi}, lambda: run(range(lo, hi)), FIELDS)[0])
+    if only is not None:
+        return None
+    return dict(images=torch.cat([p["images"] for p in parts]), nfe=parts[0]["nfe"],
+                network_nfe=parts[0]["network_nfe"], seconds=sum(p["seconds"] for p in parts))
 
 
 def features(images, kind: str):
@@ -83,17 +120,27 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--unet", default=None, help="the strong network (default: models/fashion-mnist-unet)")
     ap.add_argument("--name", default="autoguidance", help="record name: OUT/NAME.json (default %(default)s)")
+    ap.add_argument("--chunk", type=int, default=500,
+                    help="samples per cached chunk of a run (default %(default)s): a stop loses at most one chunk")
+    ap.add_argument("--sample-only", action="store_true",
+                    help="only fill the sample cache, guided runs first and each run's chunks last to first (so "
+                         "that it meets a concurrent full pass of the same command in the middle); no record")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     weak_specs, scales = parse_list(args.weak), parse_list(args.scales, float)
     solvers = parse_list(args.solvers)
+    if args.chunk < 1:
+        ap.error(f"--chunk must be >= 1; got {args.chunk}")
     bad = [s for s in solvers if s not in SOLVERS]
     if bad:
         ap.error(f"--solvers: unknown {bad}; choose from {sorted(SOLVERS)}")
 
     strong, strong_label = load_unet(args.unet)
     network = unet_network(args.unet)
+    sigmas = sl.schedules.karras(args.steps)
+    if args.sample_only:
+        return fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas)
     ref = features(fashion_mnist("test", args.n, args.data_path), args.features)
     out_path = record.results_dir(args.out) / f"{args.name}.json"
     old = record.read(out_path) if out_path.exists() else None
@@ -101,7 +148,6 @@ def main(argv=None) -> int:
     done = {row_key(r) for r in rows}
     commands = list(dict.fromkeys((old or {}).get("commands", [(old or {}).get("command")] if old else [])
                                   + [record.command_line()]))   # every pass that added rows to this record
-    sigmas = sl.schedules.karras(args.steps)
     t_all = time.perf_counter()
 
     def save():
@@ -122,14 +168,12 @@ def main(argv=None) -> int:
                            "networks counted).")
 
     for solver in solvers:
-        sampler, opts = SOLVERS[solver]
         base_key = dict(unet=network["sha256"], solver=solver, steps=args.steps, n=args.n, seed=args.seed)
 
         def run(denoiser):
-            return sl.sample(denoiser, n=args.n, sigmas=sigmas, solver=sampler, seed=args.seed,
-                             batch_size=args.batch_size, progress=True, **opts)
+            return sampling(args, denoiser, sigmas, solver)
 
-        base = cached_samples({**base_key, "weak": "none", "w": 1.0}, lambda: run(strong))
+        base = cached_samples({**base_key, "weak": "none", "w": 1.0}, run(strong), args.chunk)
         base_feats = features(base["images"], args.features)
         base_row = dict(solver=solver, steps=args.steps, weak="none", w=1.0, n=args.n, seed=args.seed,
                         features=args.features, nfe=base["nfe"], network_nfe=base["network_nfe"],
@@ -147,7 +191,7 @@ def main(argv=None) -> int:
                     continue
                 weak = weak if weak is not None else load_weak(spec, args.data_path)
                 res = cached_samples({**base_key, "weak": spec, "w": float(w)},
-                                     lambda: run(sl.guidance.autoguidance(strong, weak, w)))
+                                     run(sl.guidance.autoguidance(strong, weak, w)), args.chunk)
                 f = features(res["images"], args.features)
                 d = sl.metrics.fid_difference(f, base_feats, ref, n_boot=args.n_boot, progress=False)
                 rows.append(dict(solver=solver, steps=args.steps, weak=spec, w=float(w), n=args.n, seed=args.seed,
@@ -160,6 +204,33 @@ def main(argv=None) -> int:
                 print(show(rows[-1:], keys=["solver", "weak", "w"]), flush=True)
     print(show(rows, columns=["solver", "weak", "w", "network_nfe", "fd", "fd_diff", "fd_diff_low", "fd_diff_high"]))
     print(f"total {time.perf_counter() - t_all:.0f} s")
+    return 0
+
+
+def sampling(args, denoiser, sigmas, solver: str):
+    """run(indices) for cached_samples: the samples `indices` of the run of `denoiser` with `solver`."""
+    sampler, opts = SOLVERS[solver]
+
+    def run(indices):
+        return sl.sample(denoiser, n=len(indices), indices=list(indices), sigmas=sigmas, solver=sampler,
+                         seed=args.seed, batch_size=args.batch_size, progress=True, **opts)
+    return run
+
+
+def fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas) -> int:
+    """--sample-only: draw every run's chunks into the cache, guided runs first, each run's chunks last to first."""
+    n_chunks = -(-args.n // args.chunk)
+    for solver in solvers:
+        base_key = dict(unet=network["sha256"], solver=solver, steps=args.steps, n=args.n, seed=args.seed)
+        runs = [(spec, float(w)) for spec in weak_specs for w in scales] + [("none", 1.0)]
+        for spec, w in runs:
+            if spec == "none":
+                denoiser = strong
+            else:
+                denoiser = sl.guidance.autoguidance(strong, load_weak(spec, args.data_path), w)
+            cached_samples({**base_key, "weak": spec, "w": w}, sampling(args, denoiser, sigmas, solver), args.chunk,
+                           only=range(n_chunks - 1, -1, -1))
+            print(f"cached: {solver} weak={spec} w={w} n={args.n}", flush=True)
     return 0
 
 
