@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-only", action="store_true",
                     help="only fill the sample cache, guided runs first and each run's chunks last to first (so "
                          "that it meets a concurrent full pass of the same command in the middle); no record")
+    ap.add_argument("--front", action="store_true",
+                    help="with --sample-only: each run's chunks first to last (a second filler meets the first)")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
     network = unet_network(args.unet)
     sigmas = sl.schedules.karras(args.steps)
     if args.sample_only:
-        return fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas)
+        return fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas, front=args.front)
     ref = features(fashion_mnist("test", args.n, args.data_path), args.features)
     out_path = record.results_dir(args.out) / f"{args.name}.json"
     old = record.read(out_path) if out_path.exists() else None
@@ -217,8 +219,9 @@ def sampling(args, denoiser, sigmas, solver: str):
     return run
 
 
-def fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas) -> int:
-    """--sample-only: draw every run's chunks into the cache, guided runs first, each run's chunks last to first."""
+def fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas, front: bool = False) -> int:
+    """--sample-only: draw every run's chunks into the cache, guided runs first, each run's chunks last to first
+    (`front`: first to last)."""
     n_chunks = -(-args.n // args.chunk)
     for solver in solvers:
         base_key = dict(unet=network["sha256"], solver=solver, steps=args.steps, n=args.n, seed=args.seed)
@@ -229,7 +232,7 @@ def fill_cache(args, strong, network, weak_specs, scales, solvers, sigmas) -> in
             else:
                 denoiser = sl.guidance.autoguidance(strong, load_weak(spec, args.data_path), w)
             cached_samples({**base_key, "weak": spec, "w": w}, sampling(args, denoiser, sigmas, solver), args.chunk,
-                           only=range(n_chunks - 1, -1, -1))
+                           only=range(n_chunks) if front else range(n_chunks - 1, -1, -1))
             print(f"cached: {solver} weak={spec} w={w} n={args.n}", flush=True)
     return 0
 
