@@ -1,0 +1,97 @@
+"""bench.guidance: the closed forms it measures against (float64 brute force) and its command line."""
+import math
+
+import pytest
+import torch
+
+import scorelab as sl
+from bench import guidance
+
+
+def _random_spd(d, g, lo=0.2, hi=2.0):
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.linspace(lo, hi, d, dtype=torch.float64)) @ q.T
+
+
+def _log_normal(x, mu, cov):
+    return torch.distributions.MultivariateNormal(mu, covariance_matrix=cov).log_prob(x)
+
+
+@pytest.mark.parametrize("gamma", [1.5, 3.0])
+def test_geometric_tilt_is_the_normalised_product(gamma):
+    """log N(x; tilt) − [γ log N(x; c) + (1 − γ) log N(x; u)] is the same constant at every x, and that constant is
+    −log Z with Z = ∫ p_c^γ p_u^(1−γ) computed by brute-force quadrature on a fine 2-D grid."""
+    g = torch.Generator().manual_seed(0)
+    d = 2
+    cov_c = _random_spd(d, g, 0.1, 0.5)
+    mu_c, mu_u = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    cov_u = cov_c + _random_spd(d, g, 0.2, 1.0)                       # Σ_u ⪰ Σ_c: PD for every γ ≥ 1
+    m, cov, cond = guidance.geometric_tilt(mu_c, cov_c, mu_u, cov_u, gamma)
+    assert 0 < cond <= 1
+    x = torch.randn(50, d, generator=g, dtype=torch.float64) * 2
+    diff = _log_normal(x, m, cov) - (gamma * _log_normal(x, mu_c, cov_c) + (1 - gamma) * _log_normal(x, mu_u, cov_u))
+    assert float(diff.max() - diff.min()) < 1e-10
+    t = torch.linspace(-8, 8, 401, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2) + m
+    logf = gamma * _log_normal(grid, mu_c, cov_c) + (1 - gamma) * _log_normal(grid, mu_u, cov_u)
+    log_z = float(torch.logsumexp(logf, 0)) + 2 * math.log(float(t[1] - t[0]))
+    assert abs(float(diff[0]) + log_z) < 1e-8
+
+
+def test_geometric_tilt_refuses_an_indefinite_precision():
+    eye = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not positive definite"):
+        guidance.geometric_tilt(torch.zeros(2), 4 * eye, torch.zeros(2), eye, 3.0)   # 3/4 − 2 < 0
+
+
+def test_mixture_moments_and_the_pd_guarantee():
+    """Moments of a mixture against float64 draws' definition, and Σ_u ⪰ π_c Σ_c (so the tilt is PD for
+    π_c > (γ − 1)/γ) on a case where the plain pooled covariance makes it indefinite."""
+    g = torch.Generator().manual_seed(1)
+    covs = [_random_spd(3, g, 0.05, 3.0), _random_spd(3, g, 0.01, 0.1)]
+    means = [torch.randn(3, generator=g, dtype=torch.float64) for _ in covs]
+    w = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    mu, cov = guidance.mixture_moments(means, covs, w)
+    second = sum(wk * (c + torch.outer(m_, m_)) for wk, m_, c in zip(w, means, covs))
+    torch.testing.assert_close(mu, w[0] * means[0] + w[1] * means[1], rtol=0, atol=1e-14)
+    torch.testing.assert_close(cov, second - torch.outer(mu, mu), rtol=0, atol=1e-12)
+    assert float(torch.linalg.eigvalsh(cov - 0.75 * covs[0]).min()) > -1e-12
+    guidance.geometric_tilt(means[0], covs[0], mu, cov, 3.0)          # π_c = 0.75 > 2/3: must not raise
+    assert guidance.generalised_max(covs[0], cov) < 1 / 0.75 + 1e-9
+
+
+def test_iso_mixture_denoiser_equals_the_gmm_denoiser():
+    prior, fast, op, y, sigma_y = guidance.mcg_problem(8, 1, seed=3)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10
+    for sigma in (0.01, 1.0, 7.0, 60.0):
+        torch.testing.assert_close(fast(x, sigma), prior(x, sigma), rtol=1e-9, atol=1e-9)
+    assert sigma_y > 0 and y.shape == (1, 1) and op.m == 1
+    s = torch.linalg.svdvals(op.a)
+    assert float(s.max()) <= 1                                         # singular values drawn from U(0, 1)
+
+
+def test_cfg_heun_moments_are_the_samplers_pushforward():
+    """The exact-moment route (d + 1 vectors through Heun) equals the moments of many Heun samples' affine map."""
+    g = torch.Generator().manual_seed(2)
+    cov_c = _random_spd(3, g, 0.1, 1.0)
+    gc = guidance.gaussian_from_moments(torch.zeros(3, dtype=torch.float64), cov_c)
+    gu = guidance.gaussian_from_moments(torch.ones(3, dtype=torch.float64), cov_c + torch.eye(3, dtype=torch.float64))
+    sig = sl.schedules.karras(8)
+    a, c, _ = guidance.cfg_heun_moments(gc, gu, 2.0, sig)
+    z = torch.randn(5, 3, generator=g, dtype=torch.float64) * float(sig[0])
+    out = sl.samplers.heun(sl.guidance.cfg(gc, 2.0, uncond=gu), z, sig)
+    eye = torch.eye(3, dtype=torch.float64) * float(sig[0])
+    basis = sl.samplers.heun(sl.guidance.cfg(gc, 2.0, uncond=gu), eye, sig) - a
+    torch.testing.assert_close(out, a + (z / float(sig[0])) @ basis, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(c, basis.T @ basis, rtol=1e-12, atol=1e-12)
+
+
+def test_cli_help_and_bad_input(capsys):
+    with pytest.raises(SystemExit) as e:
+        guidance.main(["--help"])
+    assert e.value.code == 0
+    assert "--parts" in capsys.readouterr().out
+    assert guidance.main(["--parts", "nope"]) == 2
+    assert "--parts" in capsys.readouterr().err
+    assert guidance.main(["--dims", "3"]) == 2
+    assert guidance.main(["--pi-c", "1.5"]) == 2
