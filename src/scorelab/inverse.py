@@ -658,7 +658,7 @@ class PosteriorDenoiser:
     so every scorelab sampler applies. `calls` counts evaluations of D, `grad_calls` those differentiated through
     (one vector-Jacobian product each).
 
-    likelihood="pigdm" — ΠGDM (Song, Vahdat, Mardani & Kautz, ICLR 2023, eq. 8):
+    likelihood="pigdm" — ΠGDM (Song, Vahdat, Mardani & Kautz, ICLR 2023):
         p(y | x_σ) ≈ N(y; A D(x_σ, σ), r_σ² A Aᵀ + σ_y² I)   (x0 | x_σ ≈ N(D(x_σ, σ), r_σ² I))
         ∇ log p̂ = (∂D/∂x)ᵀ Aᵀ (r_σ² A Aᵀ + σ_y² I)⁻¹ (y − A D)   (the residual held fixed: one VJP through D).
       The paper's r_t² = σ_t²/(1 + σ_t²) is the posterior variance of x0 | x_σ for data ~ N(0, I); in σ-space for
@@ -669,7 +669,7 @@ class PosteriorDenoiser:
       which is exact when the prior is that Gaussian (then x0 | x_σ ~ N(D, Σ_σ) exactly, and D_y is the exact
       posterior denoiser).
 
-    likelihood="dmps" — DMPS (Meng & Kabashima 2022, eqs. 11–13, an uninformative prior p(x0) ∝ 1, so that
+    likelihood="dmps" — DMPS (Meng & Kabashima 2022, with an uninformative prior p(x0) ∝ 1, so that
     x0 | x_σ ≈ N(x_σ, σ² I)). Their VP form p(y | x_t) ≈ N(y; A x_t/√ᾱ_t, σ_y² I + (1 − ᾱ_t)/ᾱ_t · A Aᵀ) becomes
     in σ-space (x_σ = x_t/√ᾱ_t, σ² = (1 − ᾱ_t)/ᾱ_t)
         p(y | x_σ) ≈ N(y; A x_σ, σ_y² I + σ² A Aᵀ),   ∇ log p̂ = Aᵀ (σ_y² I + σ² A Aᵀ)⁻¹ (y − A x_σ):
@@ -814,7 +814,7 @@ class InverseResult:
 
 
 def _dps(denoiser, x, grid, op, y, zeta, eta, cond, generator, callback):
-    """DPS (Chung, Kim, McCann, Klasky & Ye, ICLR 2023, Algorithm 1 with eq. 16's approximation
+    """DPS (Chung, Kim, McCann, Klasky & Ye, ICLR 2023, Algorithm 1 with its approximation
     p(y | x_t) ≈ p(y | x̂0 = D(x_t))): after each unconditional step,
 
         x_(i+1) ← x_(i+1) − ζ_i ∇_(x_i) ‖y − A D(x_i, σ_i)‖²,   ζ_i = ζ / (2‖y − A D(x_i, σ_i)‖)
