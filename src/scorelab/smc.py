@@ -17,7 +17,7 @@ forward process x_σ = x0 + σ ε,
 
 but the path p̃_σ does not, which is why guided samplers miss their targets.
 
-**The weighted SDE** (the paper's Feynman–Kac weighted SDE, Sec. 2–3). In the reverse time τ = −σ (σ
+**The weighted SDE** (the paper's Feynman–Kac weighted SDE). In the reverse time τ = −σ (σ
 decreasing), simulate
 
     dx = (1 + η²) σ ∇φ_σ(x) dτ + η √(2σ) dW,        d log w = G_σ(x) dτ,                              (S)
@@ -36,7 +36,7 @@ cancel — no divergence of a network is needed — and
 
     G = σ (‖∇φ‖² − Σ_i a_i ‖s_i‖²) + σ Δℓ − ∂_σ ℓ.                                                  (G)
 
-Special cases (the paper's Sec. 3 propositions for annealing, products and geometric averages, rewritten in
+Special cases (the paper's propositions for annealing, products and geometric averages, rewritten in
 σ-space, where their σ_t²/2 is our σ and dt our |dσ|):
 
 - CFG, a = (γ, 1 − γ):   G = γ (γ − 1) σ ‖s_c − s_u‖² = γ (γ − 1) ‖D_c − D_u‖² / σ³;
