@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="noise draws (dp) or data rows (ays) the objective averages over (default: 128)")
     o.add_argument("--candidates", type=int, default=None,
                    help="levels of the fine candidate grid (default: 48 for dp, 129 for ays)")
-    o.add_argument("--refine", type=int, default=1, help="coordinate-descent sweeps after dp (default: 1)")
+    o.add_argument("--refine", type=int, default=2, help="coordinate-descent sweeps after dp (default: 2)")
     o.add_argument("--sigma-min", type=float, default=0.002, help="smallest non-zero σ (default: 0.002)")
     o.add_argument("--sigma-max", type=float, default=80.0, help="largest σ (default: 80)")
     o.add_argument("--teleport", default=None, metavar="GAUSSIAN_FILE",

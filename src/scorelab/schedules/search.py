@@ -192,6 +192,14 @@ class _Counted:
         return self.denoiser(x, sigma, **self.extra_args)
 
 
+class _OffTable(Exception):
+    """A solver evaluated the model away from the tabulated teacher points."""
+
+
+def _off_table(x, sigma, **_):
+    raise _OffTable
+
+
 class _Cached:
     """The model, with its value at the tabulated teacher points looked up (the same tensor object, the same σ)
     instead of recomputed: a transition's only new evaluations are a single-step solver's inner stages."""
@@ -213,7 +221,7 @@ def _geometric(hi: float, lo: float, m: int) -> list[float]:
 @torch.no_grad()
 def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", data=None, model=None,
              sigma_min: float = 0.002, sigma_max: float = 80.0, shape=None, n_samples: int = 128,
-             candidates: int | None = None, refine: int = 1, teacher_solver: str = "heun", substeps: int = 4,
+             candidates: int | None = None, refine: int = 2, teacher_solver: str = "heun", substeps: int = 4,
              teleport=None, sigma_skip: float | None = None, warm_history: bool = True, history_points: int = 3,
              solver_args: dict | None = None, extra_args: dict | None = None, seed: int = 0,
              baselines: tuple = ("karras",), cache: dict | None = None, return_info: bool = False,
@@ -458,12 +466,47 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
         w = 1.0 if k == m else c2 / (c2 + levels[k] ** 2)
         return w * float(((x - ref).reshape(n_samples, -1).to(torch.float64) ** 2).sum(1).mean())
 
+    # A step that only evaluates the model at tabulated points (every multistep solver here, Euler) is a linear
+    # combination of the tabulated tensors: run it once on their coordinates (unit vectors) and measure the error
+    # with their Gram matrix — the same number, without touching [B, d] tensors per transition. A solver with inner
+    # stages off the table (Heun) raises _OffTable on the first try and is run on the tensors.
+    basis = points + values + [x_end] + [h[1] for h in history0] + [h[2] for h in history0]
+    flat = torch.stack([b.reshape(n_samples, -1).to(torch.float64).cpu() for b in basis]).reshape(len(basis), -1)
+    gram = (flat @ flat.T) / n_samples
+    del flat
+    unit = torch.eye(len(basis), dtype=torch.float64)
+    e = [unit[a:a + 1] for a in range(len(basis))]
+    lin_points, lin_values, lin_end = e[:m], e[m:2 * m], e[2 * m]
+    h0 = len(history0)
+    lin_history0 = [(h[0], e[2 * m + 1 + a], e[2 * m + 1 + h0 + a]) for a, h in enumerate(history0)]
+    lin_model = _Cached(_off_table, lin_points, lin_values)
+
+    def step_lin(path_idx, j, k):
+        target = 0.0 if k == m else levels[k]
+        kw = {}
+        if traits(fn).multistep:
+            recent = [(levels[i], lin_values[i], lin_points[i]) for i in path_idx]
+            kw = {"history": ((lin_history0 + recent)[-memory:] if memory else []) or None}
+        return fn(lin_model, lin_points[j], torch.tensor([levels[j], target], dtype=torch.float64), **kw,
+                  **solver_args)
+
+    def err_lin(c, k):
+        r = (c - (lin_end if k == m else lin_points[k]))[0]
+        w = 1.0 if k == m else c2 / (c2 + levels[k] ** 2)
+        return w * float(r @ gram @ r)
+
+    try:
+        step_lin([], 0, 1)
+        linear = True
+    except _OffTable:
+        linear = False
+
     cache = {}
 
     def cost(path_idx, j, k):
         key = (tuple(path_idx[-memory:]) if memory else (), j, k)
         if key not in cache:
-            cache[key] = err(step(path_idx, j, k), k)
+            cache[key] = err_lin(step_lin(path_idx, j, k), k) if linear else err(step(path_idx, j, k), k)
         return cache[key]
 
     # DP over states (previous level, current level) after s steps; value = cost so far, with the path kept
@@ -527,6 +570,6 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
                       call_model.rows if call_model is not call_teacher else 0),
                   details={"levels": m, "samples": n_samples, "teacher": teacher_how, "memory": memory,
                            "dp_value": dp_value, "endpoint_error_after_dp": after_dp, "refine_sweeps": refine,
-                           "refined_from": start_from,
+                           "refined_from": start_from, "linear_costs": linear,
                            "warm_history": bool(history0), "endpoint_variance": c2})
     return grid, info
