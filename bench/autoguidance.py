@@ -33,6 +33,30 @@ SOLVERS = {  # name: (sampler, sampler options); churn settings are EDM's (Karra
 }
 
 
+BAR = 10.1   # DESIGN.md's FID bar for a reference network: 2 × the 5k train-vs-test Inception FID (5.06)
+
+
+def summary(rows: list[dict]) -> str:
+    """The record's findings, from its rows: each guided Inception row beside its unguided run (FID, network
+    evaluations per sample, paired difference with its interval) and the verdict against DESIGN.md's bar."""
+    out = []
+    for r in sorted((r for r in rows if r.get("features") == "inception" and r["weak"] != "none"),
+                    key=lambda r: (-r["n"], r["fd"])):
+        b = next((x for x in rows if x.get("features") == "inception" and x["weak"] == "none"
+                  and (x["solver"], x["steps"], x["n"], x["seed"]) == (r["solver"], r["steps"], r["n"], r["seed"])),
+                 None)
+        if b is None:
+            continue
+        out.append(f"Inception FID ({r['n']:,} {r['solver']}-{r['steps']} samples vs {r['n']:,} test images): "
+                   f"unguided {b['fd']:.2f} ({b['network_nfe']} network evaluations per sample), guided by "
+                   f"{r['weak']} at w = {r['w']:g} {r['fd']:.2f} ({r['network_nfe']}); difference {r['fd_diff']:+.2f}, "
+                   f"paired bootstrap 95% interval [{r['fd_diff_low']:+.2f}, {r['fd_diff_high']:+.2f}] "
+                   f"({r.get('n_boot', '?')} rounds). "
+                   + (f"This meets DESIGN.md's bar (FID ≤ {BAR})." if r["fd"] <= BAR else
+                      f"DESIGN.md's bar (FID ≤ {BAR}) is not met."))
+    return " ".join(out)
+
+
 def parse_list(text: str, kind=str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -167,7 +191,7 @@ def main(argv=None) -> int:
                      notes="fd: Fréchet distance to the first n test images in the named features; fd_diff: guided "
                            "minus unguided (same seeds), with its paired bootstrap 95% interval (fd_diff_ci; its "
                            "ends: fd_diff_low, fd_diff_high); network_nfe: network evaluations per sample (both "
-                           "networks counted).")
+                           "networks counted). " + summary(rows))
 
     for solver in solvers:
         base_key = dict(unet=network["sha256"], solver=solver, steps=args.steps, n=args.n, seed=args.seed)

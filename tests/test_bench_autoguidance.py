@@ -57,3 +57,17 @@ def test_chunks_equal_the_whole_run_and_sample_only_fills_the_cache(tmp_path, mo
     assert autoguidance.main(argv) == 0
     assert sorted((tmp_path / "cache" / "autoguidance").iterdir()) == cached
     assert len(json.loads((tmp_path / "autoguidance.json").read_text())["rows"]) == 2
+
+
+def test_summary_states_fids_nfe_interval_and_the_verdict():
+    base = dict(features="inception", weak="none", solver="heun", steps=18, n=5000, seed=0, w=1.0, fd=19.17,
+                network_nfe=35)
+    guided = dict(base, weak="models/m@abc", w=2.0, fd=9.5, network_nfe=70, fd_diff=-9.67, fd_diff_low=-10.2,
+                  fd_diff_high=-9.1, n_boot=200)
+    screen = dict(guided, features="classifier", n=1000, fd=1.2)
+    text = autoguidance.summary([screen, base, guided])
+    assert text == ("Inception FID (5,000 heun-18 samples vs 5,000 test images): unguided 19.17 (35 network "
+                    "evaluations per sample), guided by models/m@abc at w = 2 9.50 (70); difference -9.67, paired "
+                    "bootstrap 95% interval [-10.20, -9.10] (200 rounds). This meets DESIGN.md's bar (FID ≤ 10.1).")
+    assert autoguidance.summary([base, dict(guided, fd=10.2)]).endswith("DESIGN.md's bar (FID ≤ 10.1) is not met.")
+    assert autoguidance.summary([screen, guided]) == ""       # no unguided Inception row to pair with
