@@ -44,6 +44,7 @@ LAYOUT_NAMES = {"1x1": "1 process × 1 thread", "1x2": "1 process × 2 threads",
 UNITS = {"sample": "images/s", "inception": "images/s", "empirical": "queries/s"}
 GOAL_EFFICIENCY = 0.9   # per core, sampling and feature extraction at 2 processes
 GOALS = {"images": 0.0, "fid_inception": 1e-9, "fd_classifier": 1e-9, "sharded_empirical": 1e-6}
+QUIET_SHARE = 0.8   # below this CPU share (of the cores a layout uses) other jobs set the wall clock, not the code
 HIGH_LOAD = 0.5   # a 1-minute load average above this (besides the bench's own processes) is "another job running"
 
 
@@ -348,7 +349,7 @@ def run_invariance(args, cfgs, progress) -> list[dict]:
         den_ref = one["den_plain"]
         checks = [
             ("images", f"{cfg['n_images']} U-Net Heun-18 images, batches of {cfg['batch_size']}: max |Δ| vs 1 process",
-             (res["images"] - one["images"]).abs().max().item(), res["images"].shape[0]),
+             (res["images"] - one["images"]).abs().max().item(), None),
             ("fid_inception", f"Inception FID, these images vs {cfg['n_ref']} test images: |ΔFID| / FID vs 1 process",
              abs(res["fid"] - one["fid"]) / abs(one["fid"]), res["fid"]),
             ("fd_classifier", f"classifier-feature FD, {cfg['n_fd']} test vs {cfg['n_fd']} train images: "
@@ -370,20 +371,30 @@ def notes(scaling, load_start, load_end) -> str:
             "warm-up; efficiency per core = (throughput / throughput of 1 process × 1 thread) / cores used. "
             "cpu_share = CPU seconds the bench's processes got / (wall seconds × cores used): 1 when nothing else "
             "runs; efficiency_cpu_time = (items per CPU second) / (the same for 1 process × 1 thread), the parallel "
-            "overhead alone (communication, waiting, spinning threads), which other jobs slow down much less than "
-            "the wall-clock efficiency. "
+            "overhead that costs CPU (communication, spinning threads), which other jobs slow down much less than "
+            "the wall-clock efficiency; it does not see a process sleeping at a barrier (uneven work), which only the "
+            "wall clock of a quiet machine shows. "
             f"Goal: ≥ {GOAL_EFFICIENCY} per core for sampling and Inception features at 2 processes. Invariance: "
             "images compared bit for bit, FID/FD as relative differences, the sharded exact denoiser against the "
-            "unsharded Empirical of the single-process run; 3 processes give uneven shares of the batches.")
+            "unsharded Empirical of the single-process run; 3 processes give uneven shares of the batches. The "
+            "Inception FID compares 10 images with 20 (N < D = 2048: rank-deficient covariances, whose matrix square "
+            "root amplifies the last-bit differences that another summation order makes); the classifier-feature "
+            "FD (N = 1,000 > D = 128) is the well-posed case, as is any FID with more images than feature "
+            "dimensions.")
     loads = [v for v in [*(load_start or [])[:1], *(load_end or [])[:1]] +
              [r.get("load_1min") for r in scaling] if v is not None]
     if loads:
         busy = max(loads)
         if busy > HIGH_LOAD:
+            shares = [r["cpu_share"] for r in scaling if r.get("cpu_share") is not None]
             text += (f" The machine was shared while this ran: the 1-minute load average reached {busy:.2f} "
-                     f"(at start {load_start[0]:.2f}, at end {load_end[0]:.2f}) besides this bench's own processes, "
-                     "so the 2-process and 2-thread rows are slowed by other jobs and the efficiencies are lower "
-                     "bounds; rerun the same command on a quiet machine.")
+                     f"(at start {load_start[0]:.2f}, at end {load_end[0]:.2f}) with this bench's own processes"
+                     + (f", which got {min(shares):.0%}–{max(shares):.0%} of the cores they asked for" if shares
+                        else "") +
+                     ". The wall-clock throughputs and efficiencies then measure the other jobs more than the code "
+                     f"(the goal is judged only where the 1-process and the 2-process runs both got ≥ {QUIET_SHARE:.0%} of "
+                     "their cores); the "
+                     "CPU-time efficiencies still hold. Rerun the same command on a quiet machine.")
         else:
             text += f" The machine was quiet (1-minute load average ≤ {busy:.2f} before each measurement)."
     return text
@@ -439,11 +450,14 @@ def main(argv=None) -> int:
     summary = {}
     for work in args.workloads if scaling else []:
         two = next(r for r in scaling if r["workload"] == work and r["processes"] == 2)
+        one = next(r for r in scaling if r["workload"] == work and r["processes"] == 1 and r["threads"] == 1)
         eff = two.get("efficiency_per_core")
+        shares = [r.get("cpu_share") for r in (one, two)]
+        quiet = all(v is not None and v >= QUIET_SHARE for v in shares)   # the wall clock measured the code
         summary[work] = dict(efficiency_per_core=eff, cpu_share=two.get("cpu_share"),
-                             efficiency_cpu_time=two.get("efficiency_cpu_time"),
+                             efficiency_cpu_time=two.get("efficiency_cpu_time"), wall_clock_valid=quiet,
                              goal_met=bool(eff >= GOAL_EFFICIENCY) if work != "empirical" and eff is not None
-                             else None)
+                             and quiet else None)
     if invariance:
         summary["invariance_met"] = all(r["met"] for r in invariance)
     rows = scaling or invariance

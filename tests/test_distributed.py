@@ -440,3 +440,19 @@ def test_torchrun_fit_rank0_writes(problem, tmp_path):
     assert cli.main([*map(str, knn), "--out", str(tmp_path / "k1.safetensors")]) == 0
     a, b = (load_state(tmp_path / f"k{i}.safetensors") for i in (1, 2))
     assert a[1:] == b[1:] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def test_bench_distributed_command_line_and_notes():
+    """bench/distributed.py: bad options exit 2 by name; the notes call a loaded machine's wall clock what it is."""
+    from bench import distributed as bench
+
+    for bad in (["--parts", "speed"], ["--workloads", "train"], ["--sample-n", "0"], ["--timeout", "0"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(bad)
+        assert e.value.code == 2
+    rows = [dict(workload="sample", processes=p, threads=1, load_1min=load, cpu_share=share)
+            for p, load, share in ((1, 0.1, 0.99), (2, 3.5, 0.4))]
+    loaded = bench.notes(rows, [0.2, 0.1, 0.1], [3.0, 1.0, 0.5])
+    assert "load average reached 3.50" in loaded and "40%–99%" in loaded and "Rerun" in loaded
+    quiet = bench.notes(rows[:1], [0.2, 0.1, 0.1], [0.3, 0.2, 0.1])
+    assert "quiet" in quiet and "Rerun" not in quiet
