@@ -78,14 +78,16 @@ def per_image_r2(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def explained_variance(model, reference, data, sigmas, *, n: int | None = None, batch_size: int = 256,
-                       seed: int = 0, dtype=torch.float32, device=None, progress: bool = True) -> Table:
+                       seed: int = 0, dtype=torch.float32, device=None, progress: bool = True,
+                       shard: bool = False) -> Table:
     """Per-σ table of EV_s, EV_D, median per-image r² and the MSE ‖D_m − D_r‖²/dim of `model` against `reference`.
 
     `model`: a denoiser, or a dict name → denoiser (the reference is then evaluated once per batch for all).
     `data`: clean held-out samples [N, *shape] (the first `n` are used); `sigmas`: noise levels > 0 (a schedule's
-    final 0 is dropped). Rows: {sigma, model, ev_score, ev_denoiser, r2_median, mse}. Under an initialised
-    process group (torchrun) the batches are dealt round-robin over the ranks and the sums combined, so every rank
-    gets the single-process table (to rounding) with a 1/W share of the denoiser calls."""
+    final 0 is dropped). Rows: {sigma, model, ev_score, ev_denoiser, r2_median, mse}. `shard=True` under an
+    initialised process group (torchrun; every rank calling with the same arguments): the batches are dealt
+    round-robin over the ranks and the sums combined, so every rank gets the single-process table (to rounding)
+    with a 1/W share of the denoiser calls."""
     from . import _collectives as distributed
     from ._io import progress_bar
 
@@ -101,7 +103,9 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
     n_img, dim = data.shape[0], data[0].numel()
     rows = Table()
     bar = progress_bar(total=len(levels) * n_img, desc="explained variance", unit="img", enabled=progress, leave=False)
-    mine = set(distributed.shard(range(0, n_img, batch_size)))   # this rank's batches (all in one process)
+    shard = bool(shard) and distributed.is_distributed()
+    starts = range(0, n_img, batch_size)
+    mine = set(distributed.shard(starts) if shard else starts)   # this rank's batches
     for j, sigma in enumerate(levels):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
         err = {name: torch.zeros((), dtype=torch.float64) for name in models}
@@ -129,7 +133,7 @@ def explained_variance(model, reference, data, sigmas, *, n: int | None = None, 
                 err[name] += (d_m - d_ref).square().sum()
                 r2[name].append(per_image_r2(d_m, d_ref))
             bar.update(x.shape[0])
-        if distributed.is_distributed():
+        if shard:
             err, score_den, total_var, r2 = _reduce_explained(err, score_den, shift, s1, s2, r2, sorted(mine),
                                                               batch_size, n_img, dim)
         else:

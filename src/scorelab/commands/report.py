@@ -92,6 +92,7 @@ def _run_explained(args) -> int:
     from .._io import write_json
     from ..diagnostics import explained_variance
     from .. import distributed
+    from .._checks import check_positive_int
     from ..report import load_denoiser, save_line_plot
 
     distributed.init()   # under torchrun: the held-out batches are dealt over the ranks, rank 0 writes
@@ -103,7 +104,8 @@ def _run_explained(args) -> int:
     if not models:
         raise ValueError("give at least one --model PATH or --fit NAMES")
     held = data_mod.resolve(args.data, split=args.split, limit=args.limit)
-    table = explained_variance(models, ref, held, grid, n=args.n, batch_size=args.batch_size)
+    table = explained_variance(models, ref, held, grid, n=args.n, batch_size=check_positive_int(
+        args.batch_size, name="--batch-size"), shard=True)
     if distributed.rank() != 0:
         return 0
     print(table.to_markdown())
