@@ -384,6 +384,32 @@ def _ays_sampled(denoiser, data, top, sigma_min, steps, m, n_samples, seed, extr
     return [levels[i] for i in idx], objective, call.rows, {"levels": m, "samples": b, "closed_form": False}
 
 
+def _teacher_points(teacher, call_teacher, x_top, levels, teacher_solver, substeps, extra_args, progress):
+    """The teacher's probability-flow trajectory from x_top at every one of `levels` (decreasing, starting at
+    x_top's level), and its endpoint at σ = 0: exact for a teacher with `trajectory` (a Gaussian), else a solve with
+    `teacher_solver` taking `substeps` log-spaced steps per interval. Returns (points, x_end, description)."""
+    m = len(levels)
+    if hasattr(teacher, "trajectory"):
+        traj = teacher.trajectory(x_top, torch.tensor(levels + [0.0], dtype=torch.float64), **extra_args)
+        return [traj[j] for j in range(m)], traj[m], "exact trajectory"
+    substeps = check_positive_int(substeps, name="substeps")
+    fine = [levels[0]]
+    for hi, lo in zip(levels[:-1], levels[1:]):
+        fine += _geometric(hi, lo, substeps + 1)[1:]
+    recorded = {}
+    bar = progress_bar(total=len(fine), enabled=progress, desc=f"teacher ({teacher_solver})")
+
+    def keep(info):
+        if info["i"] % substeps == 0:
+            recorded[info["i"] // substeps] = info["x"]
+        bar.update(1)
+
+    x_end = get_solver(teacher_solver)(call_teacher, x_top, torch.tensor(fine + [0.0], dtype=torch.float64),
+                                       callback=keep)
+    bar.close()
+    return [recorded[j] for j in range(m)], x_end, f"{teacher_solver}, {len(fine)} steps"
+
+
 # ---------------------------------------------------------------------------------------------- "dp"
 def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, sigma_min, sigma_max, pre, m,
         n_samples, seed, refine, teacher_solver, substeps, teleport, sigma_skip, warm_history, extra_args, device,
@@ -408,31 +434,9 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
            tuple(levels), teacher_solver, substeps, bool(history0), str(device), str(dtype))
     if cache is not None and key in cache and not extra_args:
         points, x_end, teacher_how = cache[key]
-    elif hasattr(teacher, "trajectory"):
-        traj = teacher.trajectory(x_top, torch.tensor(levels + [0.0], dtype=torch.float64), **extra_args)
-        points, x_end = [traj[j] for j in range(m)], traj[m]
-        teacher_how = "exact trajectory"
     else:
-        fine = [top]
-        for hi, lo in zip(levels[:-1], levels[1:]):
-            fine += _geometric(hi, lo, substeps + 1)[1:]
-        recorded = {}
-
-        def keep(info):
-            if info["i"] % substeps == 0:
-                recorded[info["i"] // substeps] = info["x"]
-
-        bar = progress_bar(total=len(fine), enabled=progress, desc=f"dp: teacher ({teacher_solver})")
-        t_fn = get_solver(teacher_solver)
-
-        def keep_bar(info):
-            keep(info)
-            bar.update(1)
-
-        x_end = t_fn(call_teacher, x_top, torch.tensor(fine + [0.0], dtype=torch.float64), callback=keep_bar)
-        bar.close()
-        points = [recorded[j] for j in range(m)]
-        teacher_how = f"{teacher_solver}, {len(fine)} steps"
+        points, x_end, teacher_how = _teacher_points(teacher, call_teacher, x_top, levels, teacher_solver, substeps,
+                                                     extra_args, progress)
     points = [p.contiguous() for p in points]
     if cache is not None and not extra_args:
         cache[key] = (points, x_end, teacher_how)
