@@ -264,3 +264,80 @@ def test_cli_optimize_then_sample_round_trip(tmp_path, capsys):
     assert main(["schedule", "optimize", "--model", str(tmp_path / "g.safetensors"), "--nfe", "4", "--shape", "16",
                  "--solver", "heun", "--out", str(out)]) == 2
     assert "nfe=4" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- learned weights
+def isotropic_gaussian(d=8, c=0.6):
+    mu = torch.linspace(-0.5, 0.5, d, dtype=torch.float64)
+    return sl.Gaussian(mu, torch.full((d,), c * c, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
+
+
+def test_learned_without_weights_is_ddim_and_checks_its_weights():
+    g = random_gaussian(d=6)
+    x_T = 80.0 * torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grid = sl.schedules.karras(5)
+    x = x_T
+    for s0, s1 in zip(grid[:-1].tolist(), grid[1:].tolist()):     # DDIM by hand
+        x = (s1 / s0) * x + (1 - s1 / s0) * g(x, s0)
+    assert torch.allclose(S.learned(g, x_T, grid), x, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="fitted for 2 steps"):
+        S.learned(g, x_T, grid, coefficients=[[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"coefficients\[0\]"):
+        S.learned(g, x_T, grid, coefficients=[[1.0, 0.0, 0.0]] * 5)
+
+
+def test_fitted_weights_reproduce_an_exactly_representable_flow():
+    """For an isotropic Gaussian, D = μ + a(x − μ), so x and D span the exact flow μ + r(x − μ): the fitted steps
+    are exact at every level and the 4-step solve lands on the exact endpoint."""
+    g = isotropic_gaussian()
+    grid = sl.schedules.karras(4)
+    coefficients, info = sl.schedules.fit_coefficients(g, grid, memory=0, n_samples=16, return_info=True)
+    assert max(info["step_rms"][:-1]) < 1e-8 and len(coefficients) == 4
+    assert info["step_rms"][-1] < 1e-5        # at σ_min = 0.002, x and D are collinear to 1e-6: the ridge decides
+    x_T = 80.0 * torch.randn(32, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = g.trajectory(x_T, torch.tensor([80.0, 0.0], dtype=torch.float64))[-1]
+    out = S.learned(g, x_T, grid, coefficients=coefficients)
+    assert torch.allclose(out, exact, atol=1e-5)
+    assert float((S.dpmpp_2m(g, x_T, grid) - exact).abs().max()) > 1e-3     # a classic solver is not exact here
+
+
+def test_fitted_weights_beat_ddim_and_hold_on_fresh_noise():
+    g = random_gaussian(d=16)
+    grid = sl.schedules.karras(5)
+    coefficients = sl.schedules.fit_coefficients(g, grid, memory=2, n_samples=64, seed=0)
+    x_T = 80.0 * torch.randn(64, 16, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    exact = g.trajectory(x_T, torch.tensor([80.0, 0.0], dtype=torch.float64))[-1]
+
+    def error(x):
+        return float((x - exact).pow(2).sum(1).mean().sqrt())
+
+    assert error(S.learned(g, x_T, grid, coefficients=coefficients)) < 0.5 * error(S.learned(g, x_T, grid))
+
+
+def test_fitted_weights_after_a_teleport_use_the_warm_history():
+    g = random_gaussian(d=10)
+    grid = torch.tensor([80.0, 20.0, 5.0, 2.0, 0.5, 0.05, 0.0], dtype=torch.float64)
+    coefficients, info = sl.schedules.fit_coefficients(g, grid, memory=2, teleport=g, sigma_skip=2.0,
+                                                       n_samples=32, return_info=True)
+    assert info["skip"] == 3 and len(coefficients) == 3 and len(coefficients[0]) == 4   # x, D and two warm values
+    res = sl.sample(g, n=8, shape=(10,), sigmas=grid, solver="learned", coefficients=coefficients, teleport=g,
+                    sigma_skip=2.0, warm_history=True, dtype=torch.float64, progress=False)
+    assert res.network_nfe == 3
+
+
+def test_cli_fits_weights_and_samples_with_them(tmp_path, capsys):
+    g = random_gaussian(d=16)
+    g.save(tmp_path / "g.safetensors")
+    out = tmp_path / "s.json"
+    assert main(["schedule", "optimize", "--model", str(tmp_path / "g.safetensors"), "--nfe", "4", "--shape", "16",
+                 "--n-samples", "16", "--candidates", "16", "--fit-coefficients", "--out", str(out),
+                 "--no-progress", "--dtype", "float64"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    _, prov = sl.schedules.load(out, provenance=True)
+    assert len(prov["coefficients"]) == 4 and summary["learned_rms"] == pytest.approx(prov["coefficients_info"]["rms"])
+    args = ["sample", "--model", str(tmp_path / "g.safetensors"), "--sigmas", str(out), "--n", "4", "--shape", "16",
+            "--no-progress", "--dtype", "float64", "--save-samples"]
+    assert main(args + [str(tmp_path / "a.npy"), "--solver", "learned", "--out", str(tmp_path / "a.png")]) == 0
+    assert main(args + [str(tmp_path / "b.npy"), "--solver", "euler", "--out", str(tmp_path / "b.png")]) == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert np.abs(a - b).max() > 1e-4          # the fitted weights were used (DDIM = Euler here otherwise)

@@ -33,7 +33,7 @@ import torch
 from ._checks import check_fraction, check_positive_int, check_sigmas, check_tensor
 from .protocol import check_denoiser, check_extra_args
 
-__all__ = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "edm_stochastic", "euler_ancestral", "dpmpp_2m_sde",
+__all__ = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "learned", "edm_stochastic", "euler_ancestral", "dpmpp_2m_sde",
            "SAMPLERS", "TRAITS", "Traits", "get", "traits", "to_d", "phi"]
 
 
@@ -379,6 +379,46 @@ def ipndm(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None
     return x
 
 
+@torch.no_grad()
+def learned(denoiser, x, sigmas, *, coefficients=None, extra_args=None, callback=None, generator=None,
+            history=None):
+    """A multistep solver whose step weights were fitted to a teacher (`scorelab.schedules.fit_coefficients`,
+    in the spirit of S4S/GAS: per-step coefficients learned from teacher trajectories), for this grid only:
+
+        x_(i+1) = c_i[0] · x_i + Σ_(m≥0) c_i[1 + m] · D_(i−m),
+
+    D_(i−m) the denoiser at the m-th earlier point (`history` entries (σ, D[, x]), oldest first, extend the run's
+    own, as teleportation's warm history does). `coefficients`: one sequence per step of `sigmas` (len(sigmas) − 1
+    of them); step i may use at most the i + len(history) earlier values. DDIM is c_i = (σ_(i+1)/σ_i,
+    1 − σ_(i+1)/σ_i), which is what `coefficients=None` runs (nothing learned: first order). NFE = number of
+    steps."""
+    model, x, sigmas = _start(denoiser, x, sigmas, extra_args)
+    past = [d for _, d, _ in _history_items(history, sigmas[0])]
+    if coefficients is None:
+        coefficients = [(s1 / s0, 1 - s1 / s0) for s0, s1 in pairwise(sigmas)]
+    try:
+        coefficients = [[float(c) for c in step] for step in coefficients]
+    except (TypeError, ValueError):
+        raise TypeError("coefficients must be a sequence of sequences of numbers, one per step") from None
+    if len(coefficients) != len(sigmas) - 1:
+        raise ValueError(f"coefficients were fitted for {len(coefficients)} steps but sigmas has "
+                         f"{len(sigmas) - 1}: use the grid they were fitted on")
+    for i, (sigma, sigma_next) in enumerate(pairwise(sigmas)):
+        denoised = model(x, sigma)
+        _step_log(callback, i, x, sigma, sigma_next, denoised, model.nfe)
+        past.append(denoised)
+        c = coefficients[i]
+        if not 2 <= len(c) <= len(past) + 1 or not all(math.isfinite(v) for v in c):
+            raise ValueError(f"coefficients[{i}] must hold 2 to {len(past) + 1} finite numbers (x and the newest "
+                             f"denoiser values); got {c}")
+        x_next = c[0] * x
+        for m, cm in enumerate(c[1:]):
+            x_next = x_next + cm * past[-1 - m]
+        x = x_next
+        past = past[-4:]
+    return x
+
+
 # ---------------------------------------------------------------------------------------------- stochastic samplers
 @torch.no_grad()
 def edm_stochastic(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, noise_sampler=None,
@@ -491,11 +531,12 @@ TRAITS = {
     "dpmpp_3m": Traits(stochastic=False, multistep=True, order=2),   # reference weighting (the default)
     "unipc": Traits(stochastic=False, multistep=True, order=3),
     "ipndm": Traits(stochastic=False, multistep=True, order=2),   # equal-step coefficients on Karras grids
+    "learned": Traits(stochastic=False, multistep=True, order=1),  # fitted weights: no order as steps shrink
     "edm_stochastic": Traits(stochastic=True, multistep=False, order=2),
     "euler_ancestral": Traits(stochastic=True, multistep=False, order=1),
     "dpmpp_2m_sde": Traits(stochastic=True, multistep=True, order=2),
 }
-SAMPLERS = {f.__name__: f for f in (euler, heun, dpmpp_2m, dpmpp_3m, unipc, ipndm, edm_stochastic,
+SAMPLERS = {f.__name__: f for f in (euler, heun, dpmpp_2m, dpmpp_3m, unipc, ipndm, learned, edm_stochastic,
                                     euler_ancestral, dpmpp_2m_sde)}
 STOCHASTIC = tuple(name for name, t in TRAITS.items() if t.stochastic)
 MULTISTEP = tuple(name for name, t in TRAITS.items() if t.multistep)

@@ -193,7 +193,9 @@ def _run(args) -> int:
 
     sharded = distributed.init()   # under torchrun (before loading: "cuda" is then this rank's GPU)
     dtype = torch_dtype(args.dtype)
-    saved_skip = None
+    saved_skip = learned_coefficients = None
+    if args.solver == "learned" and args.sigmas is None:
+        raise ValueError("--solver learned runs weights fitted for one grid: give that grid with --sigmas FILE")
     if args.sigmas is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("steps", "schedule", "sigma_min", "sigma_max", "rho")
                  if getattr(args, k) is not None]
@@ -201,6 +203,11 @@ def _run(args) -> int:
             raise ValueError(f"--sigmas gives the whole grid: drop {', '.join(given)}")
         sigmas, provenance = schedules.load(args.sigmas, provenance=True)
         saved_skip = provenance.get("sigma_skip")
+        if args.solver == "learned" and not any(o.startswith("coefficients=") for o in args.opt):
+            if not provenance.get("coefficients"):
+                raise ValueError(f"--solver learned needs fitted weights: {args.sigmas!r} has none (make it with "
+                                 f"`scorelab schedule optimize --fit-coefficients`)")
+            learned_coefficients = provenance["coefficients"]
     else:
         args.steps = 18 if args.steps is None else args.steps
         args.schedule = args.schedule or "karras"
@@ -266,6 +273,8 @@ def _run(args) -> int:
               skip_threshold=args.skip_threshold, extra_args=extra_args, teleport_args=teleport_args,
               warm_history=args.warm_history, batch_size=args.batch_size, device=args.device, dtype=dtype,
               progress=not args.no_progress, **parse_opts(args.opt))
+    if learned_coefficients is not None:
+        kw["coefficients"] = learned_coefficients
     run = None
     if sharded:   # under torchrun: batches dealt out over the ranks, rank 0 writes the outputs
         if not args.save_samples:

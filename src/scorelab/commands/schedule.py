@@ -48,6 +48,11 @@ def register(sub) -> None:
                    help="with --teleport: do not warm a multistep solver's history from the Gaussian")
     o.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="solver option, repeatable (e.g. --opt order=3)")
+    o.add_argument("--fit-coefficients", action="store_true",
+                   help="also fit per-step weights of the 'learned' solver to the teacher on the found grid "
+                        "(sample with --solver learned --sigmas FILE)")
+    o.add_argument("--memory", type=int, default=2,
+                   help="earlier denoiser values a learned step may use, 0-3 (default: 2)")
     o.add_argument("--shape", default=None, metavar="C,H,W", help="sample shape when the model records none")
     o.add_argument("--seed", type=int, default=0, help="seed of the noise draws / data subset (default: 0)")
     o.add_argument("--out", required=True, metavar="JSON", help="where to write the schedule")
@@ -103,10 +108,18 @@ def _optimize(args) -> int:
         seed=args.seed, return_info=True, progress=not args.no_progress)
     provenance = dict(model=str(args.model), teacher=str(args.teacher or args.model), teleport=args.teleport,
                       data=args.data, seed=args.seed, solver_options=parse_opts(args.opt), **info.provenance())
+    fitted = None
+    if args.fit_coefficients:
+        coefficients, fitted = schedules.fit_coefficients(
+            teacher, grid, model=None if args.teacher is None else model, memory=args.memory,
+            n_samples=args.n_samples, seed=args.seed, shape=shape, teleport=teleport, sigma_skip=args.sigma_skip,
+            warm_history=not args.no_warm_history, return_info=True, progress=not args.no_progress)
+        provenance.update(coefficients=coefficients, coefficients_info=fitted)
     schedules.save(grid, args.out, **provenance)
     print(json.dumps(dict(out=args.out, sigmas=[round(float(v), 6) for v in grid], method=info.method,
                           solver=info.solver, nfe=info.nfe, steps=info.steps, rms=info.rms,
-                          baseline_rms=info.baseline_rms, objective=info.objective, seconds=info.seconds)))
+                          baseline_rms=info.baseline_rms, objective=info.objective, seconds=info.seconds,
+                          learned_rms=None if fitted is None else fitted["rms"])))
     return 0
 
 

@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._checks import check_positive_int, check_sigma, check_tensor
+from .._checks import check_positive_int, check_sigma, check_sigmas, check_tensor
 from .._io import progress_bar
 from ..protocol import check_denoiser, check_extra_args, device_of, dtype_of, sample_shape
 from ..samplers import get as get_solver
 from ..samplers import traits
 from ..teleport import plan
 
-__all__ = ["optimize", "kl_bound", "steps_for_nfe", "Search"]
+__all__ = ["optimize", "fit_coefficients", "kl_bound", "steps_for_nfe", "Search"]
 
 METHODS = ("ays", "dp")
 
@@ -577,3 +577,78 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
                            "refined_from": start_from, "linear_costs": linear,
                            "warm_history": bool(history0), "endpoint_variance": c2})
     return grid, info
+
+
+# ---------------------------------------------------------------------------------------------- learned weights
+@torch.no_grad()
+def fit_coefficients(teacher, sigmas, *, model=None, memory: int = 2, n_samples: int = 128, seed: int = 0,
+                     shape=None, teacher_solver: str = "heun", substeps: int = 16, teleport=None,
+                     sigma_skip: float | None = None, warm_history: bool = True, extra_args: dict | None = None,
+                     return_info: bool = False, progress: bool = False):
+    """Per-step weights of `samplers.learned` for the grid `sigmas`, fitted to the teacher's trajectories (the
+    S4S/GAS idea, solved in closed form): step by step along the solver's *own* path from `n_samples` noise draws
+    (`seed`), the weights of x_i and of the newest `memory` + 1 denoiser values are the least-squares fit of the
+    teacher's point at σ_(i+1) (its endpoint for the last step), written as DDIM's step plus a correction with a
+    tiny ridge (so collinear features fall back to DDIM). The model is called once per step, as the solver will.
+
+    `teacher`/`model`/`shape`/`extra_args` as in `optimize`; a Gaussian teacher's trajectory is exact, any other
+    is solved with `teacher_solver` in `substeps` steps per interval of the grid. With `teleport` (a fitted
+    Gaussian) and `sigma_skip`, the weights are fitted for the part of the grid after the exact jump, its warm
+    history included. Returns a list of per-step lists (pass as `coefficients=`), or (coefficients, info dict)."""
+    teacher = check_denoiser(teacher, name="teacher")
+    model = teacher if model is None else check_denoiser(model, name="model")
+    memory = int(memory)
+    if not 0 <= memory <= 3:
+        raise ValueError(f"memory must be 0, 1, 2 or 3 (earlier denoiser values a step may use); got {memory}")
+    n_samples = check_positive_int(n_samples, name="n_samples")
+    extra_args = check_extra_args(extra_args)
+    grid = [float(v) for v in check_sigmas(sigmas)]
+    if grid[-1] != 0:
+        raise ValueError("sigmas must end in 0 (the weights of the last step fit the teacher's endpoint)")
+    device, dtype = device_of(model), dtype_of(model)
+    shape = _shape(teacher, model, None, shape)
+    gen = torch.Generator().manual_seed(int(seed))
+    x_T = (grid[0] * torch.randn((n_samples, *shape), generator=gen)).to(device=device, dtype=dtype)
+    call_teacher = _Counted(teacher, extra_args)
+    call_model = call_teacher if model is teacher else _Counted(model, extra_args)
+    history0, x_top, k = [], x_T, 0
+    if teleport is not None:
+        if sigma_skip is None:
+            raise ValueError("teleport needs sigma_skip (the noise level of the grid the jump lands on)")
+        jump = plan(teleport, torch.tensor(grid, dtype=torch.float64), sigma_skip=sigma_skip,
+                    warm_history=warm_history, solver="learned", extra_args=extra_args)
+        x_top, _, hist = jump(x_T, torch.tensor(grid, dtype=torch.float64))
+        history0, k = list(hist or []), jump.k
+    levels = grid[k:-1]
+    points, x_end, teacher_how = _teacher_points(teacher, call_teacher, x_top, levels, teacher_solver, substeps,
+                                                 extra_args, progress)
+    targets = points[1:] + [x_end]
+    x = x_top
+    past = [h[1] for h in history0]
+    coefficients, step_rms = [], []
+    for i in progress_bar(range(len(levels)), enabled=progress, desc="fit coefficients"):
+        s0 = levels[i]
+        s1 = levels[i + 1] if i + 1 < len(levels) else 0.0
+        past.append(call_model(x, s0))
+        feats = [x] + [past[-1 - m] for m in range(min(memory, len(past) - 1) + 1)]
+        ddim = [s1 / s0, 1 - s1 / s0] + [0.0] * (len(feats) - 2)
+        flat = torch.stack([f.reshape(-1).to(torch.float64) for f in feats])            # [q, n·d]
+        y = targets[i].reshape(-1).to(torch.float64) - (ddim[0] * flat[0] + ddim[1] * flat[1])
+        gram = flat @ flat.T
+        ridge = 1e-10 * float(gram.diagonal().mean()) * torch.eye(len(feats), dtype=torch.float64)
+        delta = torch.linalg.solve(gram + ridge, flat @ y)
+        c = [a + float(b) for a, b in zip(ddim, delta)]
+        coefficients.append(c)
+        x = sum(ci * f for ci, f in zip(c, feats))
+        step_rms.append(float((x - targets[i]).reshape(n_samples, -1).to(torch.float64).pow(2).mean(1).sqrt()
+                              .mean()))
+    # the same batch with DPM-Solver++(2M) on the same grid: the weights are fitted step by step, not to the
+    # endpoint, so at some budgets a classic solver on the grid is the better choice — this says which
+    reference = get_solver("dpmpp_2m")(call_model, x_top, torch.tensor(levels + [0.0], dtype=torch.float64),
+                                       history=[(h[0], h[1]) for h in history0] or None)
+    info = {"teacher": teacher_how, "samples": n_samples, "memory": memory, "skip": k, "sigma_skip": sigma_skip,
+            "rms": step_rms[-1], "step_rms": step_rms,
+            "dpmpp_2m_rms": float((reference - x_end).reshape(n_samples, -1).to(torch.float64).pow(2).mean(1)
+                                  .sqrt().mean()),
+            "evaluations": call_teacher.rows + (call_model.rows if call_model is not call_teacher else 0)}
+    return (coefficients, info) if return_info else coefficients
