@@ -10,21 +10,22 @@ with the same settings are kept, not recomputed):
 
 - guidance_tilt.json — **exact tilt targets.** Per-class Gaussians (d = 2: a constructed 4-class set; d = 64:
   scikit-learn's 8×8 digits; d = 784: Fashion-MNIST), fitted with `Gaussian.fit(x, labels=y, eps=...)`. The
-  conditional model is class c's Gaussian N(μ_c, Σ_c); the unconditional model is the Gaussian N(μ_u, Σ_u) with
-  the moments of the class mixture in which class c has prior mass π_c (the other classes share 1 − π_c in
-  proportion to their counts): Σ_u = Σ_k π_k (Σ_k + (μ_k − μ_u)(μ_k − μ_u)ᵀ) ⪰ π_c Σ_c. The geometric tilt
-  p(x|c)^γ p(x)^(1−γ) of two Gaussians is the Gaussian with precision Λ = γ Λ_c + (1 − γ) Λ_u and mean
-  Λ⁻¹(γ Λ_c μ_c + (1 − γ) Λ_u μ_u) (`geometric_tilt`) when Λ is positive definite. Since Λ_u ⪯ Λ_c / π_c,
-  Λ ⪰ (γ − (γ − 1)/π_c) Λ_c ≻ 0 whenever π_c > (γ − 1)/γ; π_c = 0.75 covers γ ≤ 4. (With the plain pooled fit,
-  π_c ≈ 0.1, the generalised eigenvalues of Σ_c relative to Σ_u reach 3.6 to 8.9 on digits and Fashion-MNIST, so
-  Λ is indefinite for every class at γ = 1.5 and 3: there the tilt is not a distribution; the record's second
-  table lists them.) Measured: W₂ between Gaussians from sample moments (closed form, `frechet_distance`), and
-  sliced W₂ to exact tilt samples as a second view, of plain CFG (Heun on D_u + γ(D_c − D_u); its output is an
-  affine map of the initial noise, so its exact moments are computed by pushing d + 1 vectors through the
-  sampler: no sampling error) and of Feynman–Kac-corrected samples (`scorelab.smc.sample(smc.cfg(...))`, one
-  population of K particles per sample, K ∈ {1, 2, 4, 8, 16}; K = 1 is the plain CFG SDE). W₂ of n samples is
-  biased upwards by the sampling noise of the moments; the floor row is W₂ of n exact samples (root mean square
-  over replicates), and "W2 debiased" subtracts it in squares, sqrt(max(W₂² − floor², 0)). Goal: FKC at K = 8 ≤ 10% of plain CFG's W₂.
+  conditional model is class c's Gaussian N(μ_c, Σ_c); the unconditional model is the plain pooled fit where the
+  tilt exists with it (d = 2), else the Gaussian N(μ_u, Σ_u) with the moments of the class mixture in which class c
+  has prior mass π_c (the other classes share 1 − π_c in proportion to their counts): Σ_u = Σ_k π_k (Σ_k + (μ_k −
+  μ_u)(μ_k − μ_u)ᵀ) ⪰ π_c Σ_c. The geometric tilt p(x|c)^γ p(x)^(1−γ) of two Gaussians is the Gaussian with
+  precision Λ = γ Λ_c + (1 − γ) Λ_u and mean Λ⁻¹(γ Λ_c μ_c + (1 − γ) Λ_u μ_u) (`geometric_tilt`) when Λ is positive
+  definite. Since Λ_u ⪯ Λ_c / π_c, Λ ⪰ (γ − (γ − 1)/π_c) Λ_c ≻ 0 whenever π_c > (γ − 1)/γ; π_c = 0.75 covers γ ≤ 4.
+  (With the plain pooled fit, π_c ≈ 0.1, the generalised eigenvalues of Σ_c relative to Σ_u reach 3.6 to 8.9 on
+  digits and Fashion-MNIST, so Λ is indefinite for every class at γ = 1.5 and 3: there the tilt is not a
+  distribution; the record's second table lists them.) Measured: W₂ between Gaussians from sample moments (closed
+  form, `frechet_distance`), and sliced W₂ to exact tilt samples as a second view, of plain CFG (Heun on D_u +
+  γ(D_c − D_u); its output is an affine map of the initial noise, so its exact moments are computed by pushing d +
+  1 vectors through the sampler: no sampling error) and of Feynman–Kac-corrected samples
+  (`scorelab.smc.sample(smc.cfg(...))`, one population of K particles per sample, K ∈ {1, 2, 4, 8, 16}; K = 1 is
+  the plain CFG SDE; at d = 2 and 64 also one population of n·K particles). W₂ of n samples is biased upwards by
+  the sampling noise of the moments; the floor row is W₂ of n exact samples (root mean square over replicates), and
+  "W2 debiased" subtracts it in squares, sqrt(max(W₂² − floor², 0)). Goal: FKC at K = 8 ≤ 10% of plain CFG's W₂.
 - guidance_gmm.json — **MCGdiff's 25-component GMM benchmark** (Cardoso et al. 2023; the construction of the
   authors' code, gabrielvc/mcg_diff): prior Σ_(i,j) w_ij N(μ_ij, I_d), μ_ij = (8i, 8j, 8i, 8j, …) for
   i, j ∈ {−2, …, 2}, w_ij ∝ ξ_ij², ξ ~ N(0, 1); A = U diag(s) V[:d_y] from the SVD of a Gaussian d_y × d matrix
@@ -44,7 +45,6 @@ One CPU thread by default (--threads). The class-conditional U-Net's CFG table i
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -272,7 +272,8 @@ def run_tilt(args, rec: Record):
                 a, c_cfg, evals = cfg_heun_moments(g_c, g_u, gamma, sig)
                 w2 = w2_gaussian(a, c_cfg, m, cov)
                 cfg_row = rec.add({**base, "method": "CFG, Heun (exact moments)", "K": None, "W2": r4(w2),
-                                   "W2 debiased": r4(w2), "ratio to CFG": 1.0, "SW2": r4(sliced(draw(a, c_cfg, n, gen))),
+                                   "W2 debiased": r4(w2), "ratio to CFG": 1.0,
+                                   "SW2": r4(sliced(draw(a, c_cfg, n, gen))),
                                    "NFE": 2 * steps - 1, "seconds": round(time.perf_counter() - t0, 1)})
             runs = [("FKC", k, "sample") for k in args.ks]
             if d < 784:                     # at d = 64 one population's genealogy already collapses (see the notes)
@@ -529,7 +530,8 @@ def main(argv=None) -> int:
         if any(d < 2 or d % 2 for d in args.gmm_dims):
             raise ValueError(f"--gmm-dims must be even numbers >= 2; got {args.gmm_dims}")
         args.smc_particles = parse_list(args.smc_particles, int, "--smc-particles")
-        for name in ("threads", "n_2", "n_64", "n_784", "tilt_steps", "tilt_steps_784", "floor_reps", "projections", "d_y",
+        for name in ("threads", "n_2", "n_64", "n_784", "tilt_steps", "tilt_steps_784", "floor_reps", "projections",
+                     "d_y",
                      "gmm_seeds", "gmm_n", "gmm_nfe", "image_n", "image_steps"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
@@ -587,34 +589,37 @@ def main(argv=None) -> int:
 
 TILT_NOTES = (
     "Conditional model: class c's Gaussian from Gaussian.fit(x, labels=y, eps) (eps added to every eigenvalue: 0 "
-    "at d = 2, 0.01 at d = 64 and 784, where some pixels never vary within a class). Unconditional model: the "
-    "Gaussian with the moments of the class mixture in which class c has prior mass pi_c, so Σ_u ⪰ pi_c Σ_c and the "
-    "tilt's precision γΛ_c + (1 − γ)Λ_u ⪰ (γ − (γ − 1)/pi_c)Λ_c is positive definite (pi_c > (γ − 1)/γ; 'tilt "
-    "precision cond' is its λ_min/λ_max). With the plain pooled fit (second table) it is indefinite for every class "
-    "at both γ. CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map of the initial noise). FKC: "
-    "scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE, one population of K particles per "
-    "sample, resampled at every step (ess_threshold 1), float32; NFE counts both models' evaluations per returned "
-    "sample. W2: closed form between Gaussians from sample moments; the floor row is W2 of n exact tilt samples (rms "
-    "of the replicates); 'W2 debiased' = sqrt(max(W2² − floor², 0)) (the estimator's bias removed in squares); 'ratio to "
-    "CFG' = W2 debiased / CFG's W2. SW2: sliced W2 (256 projections) to max(n, 2,000) exact tilt samples; its floor "
-    "is the floor row's SW2.")
+    "at d = 2, 0.01 at d = 64 and 784, where some pixels never vary within a class). Unconditional model (the "
+    "floor rows' 'unconditional'): the plain pooled fit where the tilt's precision γΛ_c + (1 − γ)Λ_u is positive "
+    "definite with it (d = 2), else the Gaussian with the moments of the class mixture in which class c has prior"
+    " mass pi_c, so Σ_u ⪰ pi_c Σ_c and the precision ⪰ (γ − (γ − 1)/pi_c)Λ_c is positive definite (pi_c > (γ − "
+    "1)/γ); 'tilt precision cond' is its λ_min/λ_max. With the plain pooled fit (second table) it is indefinite "
+    "for every class at both γ at d = 64 and 784. 'FKC, one population': all n·K particles form one population "
+    "(population='batch'), at d = 2 and 64 only. CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map "
+    "of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE, one "
+    "population of K particles per sample, resampled at every step (ess_threshold 1), float32; NFE counts both "
+    "models' evaluations per returned sample. W2: closed form between Gaussians from sample moments; the floor "
+    "row is W2 of n exact tilt samples (rms of the replicates); 'W2 debiased' = sqrt(max(W2² − floor², 0)) (the "
+    "estimator's bias removed in squares); 'ratio to CFG' = W2 debiased / CFG's W2. SW2: sliced W2 (256 "
+    "projections) to max(n, 2,000) exact tilt samples; its floor is the floor row's SW2.")
 GMM_NOTES = (
-    "Prior: 25 unit-covariance Gaussians, means (8i, 8j, 8i, 8j, …), i, j ∈ {−2..2}, weights ∝ N(0,1)²; A = U diag(s) "
-    "V[:d_y] with s ~ sorted U(0,1); σ_y = u·max(s), u ~ U(0,1); y = A x* + σ_y ε (the construction of MCGdiff's "
-    "code, one problem per seed). Karras grids σ_max = 20√d (the noised prior then differs from N(0, σ_max² I) by "
-    "≤ 0.32 nats) to 0.002. Equal NFE: every method uses the same number of denoiser evaluations per returned "
-    "sample (DPS, ΠGDM, DMPS: that many ancestral steps; SMC with K particles: NFE/K steps of DPM-Solver++(2M) SDE, "
-    "the n·K particles one population (the target is the same for every sample; population='batch'), "
-    "resampled when ESS < half the particles); DPS and ΠGDM differentiate through every evaluation besides (a vector-Jacobian "
-    "product each). DPS: ζ as recorded; ΠGDM: r_σ² for σ_d = 1 (the paper's unit-variance choice). SW2: sliced W2 "
-    "(256 projections) between n samples and n exact posterior samples; 'exact (floor)' is two exact sets.")
+    "Prior: 25 unit-covariance Gaussians, means (8i, 8j, 8i, 8j, …), i, j ∈ {−2..2}, weights ∝ N(0,1)²; A = U "
+    "diag(s) V[:d_y] with s ~ sorted U(0,1); σ_y = u·max(s), u ~ U(0,1); y = A x* + σ_y ε (the construction of "
+    "MCGdiff's code, one problem per seed). Karras grids σ_max = 20√d (the noised prior then differs from N(0, "
+    "σ_max² I) by ≤ 0.32 nats) to 0.002. Equal NFE: every method uses the same number of denoiser evaluations per"
+    " returned sample (DPS, ΠGDM, DMPS: that many ancestral steps; SMC with K particles: NFE/K steps of "
+    "DPM-Solver++(2M) SDE, the n·K particles one population (the target is the same for every sample; "
+    "population='batch'), resampled when ESS < half the particles); DPS and ΠGDM differentiate through every "
+    "evaluation besides (a vector-Jacobian product each). DPS: ζ as recorded; ΠGDM: r_σ² for σ_d = 1 (the paper's"
+    " unit-variance choice). SW2: sliced W2 (256 projections) between n samples and n exact posterior samples; "
+    "'exact (floor)' is two exact sets.")
 IMAGE_NOTES = (
-    "Ground truth: the first n Fashion-MNIST test images; y = A x + σ_y ε. Prior for DPS/ΠGDM/DMPS/SMC: the shipped "
-    "U-Net (σ_d = 0.706 for ΠGDM's r_σ²), ancestral steps on a Karras grid (SMC: K particles, DPM-Solver++(2M) SDE; "
-    "NFE counts all K). Baseline: the exact posterior of a Gaussian fitted on the 60,000 training images (full "
-    "rank): one exact draw per image ('PSNR', 'SSIM') and its posterior mean ('of mean'). PSNR/SSIM per image "
-    "(range 2, [-1, 1] images), averaged over the n images; one posterior sample per image and method. FD in "
-    "classifier features is not reported: n is far below the 128 feature dimensions.")
+    "Ground truth: the first n Fashion-MNIST test images; y = A x + σ_y ε. Prior for DPS/ΠGDM/DMPS/SMC: the "
+    "shipped U-Net (σ_d = 0.706 for ΠGDM's r_σ²), ancestral steps on a Karras grid (SMC: K particles, "
+    "DPM-Solver++(2M) SDE; NFE counts all K). Baseline: the exact posterior of a Gaussian fitted on the 60,000 "
+    "training images (full rank): one exact draw per image ('PSNR', 'SSIM') and its posterior mean ('of mean'). "
+    "PSNR/SSIM per image (range 2, [-1, 1] images), averaged over the n images; one posterior sample per image "
+    "and method. FD in classifier features is not reported: n is far below the 128 feature dimensions.")
 
 
 if __name__ == "__main__":
