@@ -92,7 +92,8 @@ def speed(args) -> None:
 def explained(args) -> None:
     import scorelab as sl
     from scorelab.diagnostics import explained_variance
-    from scorelab.report import load_denoiser, save_line_plot
+    from scorelab.loading import load_denoiser
+    from scorelab.report import save_line_plot
 
     torch.set_num_threads(args.threads)
     net = load_denoiser(args.model)
@@ -140,7 +141,7 @@ def unet_fid(args) -> None:
     from scorelab.metrics.frechet import fid
     from scorelab.metrics.kid import kid
     from scorelab.metrics.stats import cached_image_features, reference_features
-    from scorelab.report import load_denoiser
+    from scorelab.loading import load_denoiser
 
     torch.set_num_threads(args.threads)
     net = load_denoiser(args.model)

@@ -93,7 +93,8 @@ def _run_explained(args) -> int:
     from ..diagnostics import explained_variance
     from .. import distributed
     from .._checks import check_positive_int
-    from ..report import load_denoiser, save_line_plot
+    from ..loading import load_denoiser
+    from ..report import save_line_plot
 
     distributed.init()   # under torchrun: the held-out batches are dealt over the ranks, rank 0 writes
     grid = _grid(args)
@@ -144,7 +145,7 @@ def _run_suggest_skip(args) -> int:
     from .. import data as data_mod
     from .._io import write_json
     from ..diagnostics import suggest_skip
-    from ..report import load_denoiser
+    from ..loading import load_denoiser
 
     grid = _grid(args)
     ref = load_denoiser(args.reference, device=args.device)
