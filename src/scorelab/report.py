@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ._io import atomic_path, write_text
-from .loading import load_denoiser  # noqa: F401  (build_report loads the models it is given by path)
+from .loading import load_denoiser
 
 __all__ = ["build_report", "save_line_plot", "save_bar_plot", "png_bytes"]
 
