@@ -101,6 +101,7 @@ def test_goal_table_compares_with_dpmpp_2m_on_karras():
     goal = {r["nfe"]: r for r in fewstep.goal_rms(rows)}
     assert goal[6]["best"] == "unipc / karras + teleport" and goal[6]["ratio"] == round(0.19 / 0.4, 3)
     assert goal[6]["goal_met"] and not goal[4]["goal_met"] and goal[4]["ratio"] == round(0.41 / 0.8, 3)
+    assert goal[6]["settings_run"] == 4 and goal[4]["settings_run"] == 2
 
 
 def test_per_sample_rms_and_bad_arguments():
