@@ -673,9 +673,13 @@ def plot_fd(rows, path: Path) -> None:
         lo, hi = base + r["fd_diff_low"], base + r["fd_diff_high"]
         ax.errorbar([r["nfe"] * (1 + 0.04 * i)], [r["fd"]], yerr=[[max(0.0, r["fd"] - lo)], [max(0.0, hi - r["fd"])]],
                     fmt="o", capsize=3, label=r["setting"])
+    nfes = sorted({r["nfe"] for r in rows})
     ax.set_xscale("log")
+    ax.set_xticks(nfes, [str(v) for v in nfes])
+    ax.minorticks_off()
     ax.set_xlabel("NFE")
-    ax.set_ylabel("FD, classifier features (bars: paired 95% interval)")
+    ax.set_ylabel("classifier-feature FD")
+    ax.set_title("FD vs the test set (bars: paired 95% interval)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
