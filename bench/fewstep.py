@@ -383,8 +383,8 @@ def describe_exact(store: Store) -> dict:
                        "measure the grid below σ_skip. `search_cpu_s`: process CPU-seconds of the search. GMM "
                        "table: AYS (`ays`: the bound sampled under the GMM on 512 exact draws; `ays_gaussian`: "
                        "closed form of the data's Gaussian) as in Align Your Steps' 8×8 toy; an NLL below the "
-                       "exact draws' (negative excess) means samples concentrated where the density is high (too little spread), not "
-                       "better samples."))
+                       "exact draws' (negative excess) means samples concentrated where the density is high (too "
+                       "little spread), not better samples."))
 
 
 # ---------------------------------------------------------------------------------------------- section B
