@@ -341,3 +341,20 @@ def test_cli_fits_weights_and_samples_with_them(tmp_path, capsys):
     assert main(args + [str(tmp_path / "b.npy"), "--solver", "euler", "--out", str(tmp_path / "b.png")]) == 0
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert np.abs(a - b).max() > 1e-4          # the fitted weights were used (DDIM = Euler here otherwise)
+
+
+def test_a_mixture_is_not_taken_for_a_gaussian_and_sampled_bounds_are_cached():
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data[:400], dtype=torch.float64) / 8 - 1
+    gmm = sl.GMM.fit(x, n_components=3, covariance="full", seed=0)
+    assert not search._is_gaussian(gmm) and search._is_gaussian(sl.Gaussian.fit(x))
+    cache = {}
+    grid, info = sl.schedules.optimize(gmm, solver="dpmpp_2m", nfe=5, method="ays", data=x, n_samples=64,
+                                       candidates=33, cache=cache, return_info=True)
+    assert info.evaluations == 64 * 33 and not info.details["closed_form"]
+    again, info2 = sl.schedules.optimize(gmm, solver="dpmpp_2m", nfe=7, method="ays", data=x, n_samples=64,
+                                         candidates=33, cache=cache, return_info=True)
+    assert info2.evaluations == 0 and len(again) == 8
+    assert torch.equal(sl.schedules.optimize(gmm, solver="dpmpp_2m", nfe=5, method="ays", data=x, n_samples=64,
+                                             candidates=33, cache=cache), grid)

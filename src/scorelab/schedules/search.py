@@ -102,6 +102,14 @@ def _memory(fn, solver_args: dict) -> int:
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
 
 
+def _is_gaussian(model) -> bool:
+    """A fitted `scorelab.Gaussian` (read by its attributes: one mean, one spectrum, an exact trajectory) — not a
+    mixture, whose per-component attributes have an extra dimension."""
+    mean, lam = getattr(model, "mean_", None), getattr(model, "eigvals_", None)
+    return (isinstance(mean, torch.Tensor) and isinstance(lam, torch.Tensor) and lam.ndim == 1
+            and hasattr(model, "residual_var_") and callable(getattr(model, "trajectory", None)))
+
+
 def _spectrum(gaussian) -> tuple[np.ndarray, np.ndarray]:
     """(eigenvalues, multiplicities) of a fitted Gaussian's covariance: its top-r eigenvalues and the residual
     variance ρ on the d − r remaining directions."""
@@ -224,7 +232,7 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
              candidates: int | None = None, refine: int = 2, teacher_solver: str = "heun", substeps: int = 4,
              teleport=None, sigma_skip: float | None = None, warm_history: bool = True, history_points: int = 3,
              solver_args: dict | None = None, extra_args: dict | None = None, seed: int = 0,
-             baselines: tuple = ("karras",), cache: dict | None = None, return_info: bool = False,
+             baselines: tuple = ("karras", "logsnr_uniform"), cache: dict | None = None, return_info: bool = False,
              progress: bool = False):
     """A grid of σ (ending in 0) on which `solver` spends `nfe` denoiser evaluations, tuned to `teacher`.
 
@@ -232,12 +240,14 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
     bound). `model`: the denoiser the solver will run (default: the teacher) — e.g. the network, searched against
     a Gaussian or a many-step network teacher. `method`: "ays" (KL bound; needs `data`, held-out clean samples,
     unless the teacher is a Gaussian) or "dp" (teacher trajectories from `n_samples` noise draws, `seed`).
-    `candidates`: levels of the fine grid (default 48 for "dp", 129 for "ays"); `refine`: coordinate-descent sweeps
+    `candidates`: levels of the fine grid (default 129 for "ays"; for "dp" 48, or 32 for solvers that remember
+    two or more points); `refine`: coordinate-descent sweeps
     on full solves ("dp"; 0 to skip). `teleport`, `sigma_skip`, `warm_history`, `history_points`: search the grid
     that runs after a Gaussian's exact jump (see the module docstring). `baselines`: schedule names whose RMS on the
     same batch is reported in the info ("dp"). `extra_args`: conditioning for every call (batch of n_samples).
-    `cache`: a dict the caller owns, in which "dp" keeps the teacher's trajectories (keyed by everything that
-    determines them) so that searches for several solvers and budgets pay for the teacher once.
+    `cache`: a dict the caller owns, in which "dp" keeps the teacher's trajectories and "ays" its table of sampled
+    bounds (keyed by everything that determines them), so that searches for several solvers and budgets pay for
+    the teacher once.
     Returns the float64 grid, or (grid, `Search`) with `return_info=True`."""
     start_time = time.perf_counter()
     if method not in METHODS:
@@ -281,7 +291,7 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
         return (grid, info) if return_info else grid
 
     if method == "ays":
-        gaussian_teacher = hasattr(teacher, "eigvals_") and hasattr(teacher, "residual_var_")
+        gaussian_teacher = _is_gaussian(teacher)
         m = 129 if candidates is None else check_positive_int(candidates, name="candidates")
         if gaussian_teacher:
             path, objective, evaluations, details = _ays_gaussian(teacher, top, sigma_min, steps, m, progress)
@@ -291,13 +301,15 @@ def optimize(teacher, *, solver="dpmpp_2m", nfe: int = 6, method: str = "dp", da
                                  "Gaussian, whose bound is closed form")
             path, objective, evaluations, details = _ays_sampled(teacher, data, top, sigma_min, steps, m,
                                                                  n_samples, seed, extra_args, device, dtype,
-                                                                 progress)
+                                                                 cache, progress)
         grid = torch.tensor(pre + path + [0.0], dtype=torch.float64)
         info = Search(method, solver_name, nfe, steps, grid.tolist(), len(pre), sigma_skip, objective=objective,
                       evaluations=evaluations, details=details)
     else:
         shape = _shape(teacher, model, data, shape)
-        m = 48 if candidates is None else check_positive_int(candidates, name="candidates")
+        # solvers that remember 2-3 points make the search's state space larger: fewer levels by default
+        m = (48 if _memory(fn, solver_args) <= 1 else 32) if candidates is None else check_positive_int(
+            candidates, name="candidates")
         grid, info = _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, sigma_min,
                          sigma_max, pre, m, n_samples, seed, refine, teacher_solver, substeps, teleport,
                          sigma_skip, warm_history, extra_args, device, dtype, baselines, cache, progress)
@@ -351,9 +363,18 @@ def _ays_gaussian(gaussian, top, sigma_min, steps, m, progress):
     return path, objective, 0, {"levels": m, "dp_objective": float(before), "closed_form": True}
 
 
-def _ays_sampled(denoiser, data, top, sigma_min, steps, m, n_samples, seed, extra_args, device, dtype, progress):
+def _ays_sampled(denoiser, data, top, sigma_min, steps, m, n_samples, seed, extra_args, device, dtype, cache,
+                 progress):
     """The bound sampled on one Brownian path per data row over m log-spaced levels (trapezoid rule in log σ);
-    exact DP over those levels."""
+    exact DP over those levels. The [m, m] table of interval bounds is kept in `cache` (when given) for searches
+    at other budgets."""
+    key = ("ays-table", id(denoiser), id(data), seed, n_samples, top, sigma_min, m, str(device), str(dtype))
+    if cache is not None and key in cache and not extra_args:
+        cost, levels, rows, b = cache[key]
+        idx = _dp_additive(cost, steps - 1)
+        objective = float(sum(cost[i, k] for i, k in zip(idx[:-1], idx[1:])))
+        return [levels[i] for i in idx], objective, 0, {"levels": m, "samples": b, "closed_form": False,
+                                                        "cached_evaluations": rows}
     x0 = check_tensor(torch.as_tensor(data), name="data", min_ndim=2)
     gen = torch.Generator().manual_seed(int(seed))
     if x0.shape[0] > n_samples:
@@ -379,6 +400,8 @@ def _ays_sampled(denoiser, data, top, sigma_min, steps, m, n_samples, seed, extr
         du = logs[i:-1] - logs[i + 1:]
         cum = np.concatenate([[0.0], np.cumsum(0.5 * (g[:-1] + g[1:]) * du)])
         cost[i, i + 1:] = cum[1:]
+    if cache is not None and not extra_args:
+        cache[key] = (cost, levels, call.rows, b)
     idx = _dp_additive(cost, steps - 1)
     objective = float(sum(cost[i, k] for i, k in zip(idx[:-1], idx[1:])))
     return [levels[i] for i in idx], objective, call.rows, {"levels": m, "samples": b, "closed_form": False}
@@ -505,13 +528,13 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
     except _OffTable:
         linear = False
 
-    cache = {}
+    step_costs = {}
 
     def cost(path_idx, j, k):
         key = (tuple(path_idx[-memory:]) if memory else (), j, k)
-        if key not in cache:
-            cache[key] = err_lin(step_lin(path_idx, j, k), k) if linear else err(step(path_idx, j, k), k)
-        return cache[key]
+        if key not in step_costs:
+            step_costs[key] = err_lin(step_lin(path_idx, j, k), k) if linear else err(step(path_idx, j, k), k)
+        return step_costs[key]
 
     # DP over states (previous level, current level) after s steps; value = cost so far, with the path kept
     states = {(None, 0): (0.0, [])}
