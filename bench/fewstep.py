@@ -264,11 +264,33 @@ def analytic_dp(args) -> dict:
     return dict(n_samples=args.dp_analytic_samples, candidates=args.dp_analytic_candidates)
 
 
-def run_grid(model, gaussian, sigmas, solver, n, seed, teleport, sigma_skip, dtype, batch_size):
+def run_grid(model, gaussian, sigmas, solver, n, seed, teleport, sigma_skip, dtype, batch_size, **opts):
     kw = dict(teleport=gaussian, sigma_skip=sigma_skip,
               warm_history=sl.samplers.traits(solver).multistep) if teleport else {}
     return sl.sample(model, n=n, shape=model.shape_, sigmas=sigmas, solver=solver, seed=seed, dtype=dtype,
-                     batch_size=batch_size, **kw)
+                     batch_size=batch_size, **kw, **opts)
+
+
+def learned_weights(net, gaussian, sigmas, teleport, sigma_skip, seed, disk, args) -> tuple[list, dict]:
+    """schedules.fit_coefficients with the network as teacher (a fine Heun solve) on `sigmas`, cached on disk."""
+    desc = dict(sigmas=[float(v) for v in sigmas], teleport=bool(teleport), sigma_skip=sigma_skip, seed=seed,
+                memory=args.learned_memory, n_samples=args.learned_samples, substeps=args.learned_substeps, **disk)
+    digest = hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+    path = record.cache_dir("fewstep", "schedules") / f"learned-{digest}.json"
+    if path.exists():
+        _, prov = sl.schedules.load(path, provenance=True)
+        if prov.get("key") == desc:
+            return prov["coefficients"], dict(prov["cost"], cached=True)
+    cpu = time.process_time()
+    kw = dict(teleport=gaussian, sigma_skip=sigma_skip) if teleport else {}
+    coefficients, info = sl.schedules.fit_coefficients(net, sigmas, memory=args.learned_memory,
+                                                       n_samples=args.learned_samples, seed=seed,
+                                                       substeps=args.learned_substeps, return_info=True, **kw)
+    cost = dict(search_cpu_s=round(time.process_time() - cpu, 2), search_evals=info["evaluations"],
+                search_rms=info["rms"], search_baseline_rms=info["dpmpp_2m_rms"], learned_memory=args.learned_memory,
+                learned_samples=args.learned_samples, learned_substeps=args.learned_substeps)
+    sl.schedules.save(sigmas, path, key=desc, cost=cost, coefficients=coefficients)
+    return coefficients, cost
 
 
 # ---------------------------------------------------------------------------------------------- section A
@@ -444,11 +466,17 @@ def section_unet(args) -> None:
             for solver in args.solvers:
                 if store.done(schedule=schedule, solver=solver, nfe=nfe, teleport=teleport):
                     continue
-                sigmas, cost = grids(schedule, solver, nfe, teleport)
+                opts = {}
+                if solver == "learned":   # fitted weights on the grid searched for DPM++2M
+                    sigmas, _ = grids(schedule, "dpmpp_2m", nfe, teleport)
+                    opts["coefficients"], cost = learned_weights(net, g, sigmas, teleport, args.sigma_skip,
+                                                                 args.search_seed, dict(unet=network["sha256"]), args)
+                else:
+                    sigmas, cost = grids(schedule, solver, nfe, teleport)
                 cpu = time.process_time()
                 with torch.no_grad():
                     res = run_grid(net, g, sigmas, solver, args.n, args.seed, teleport, args.sigma_skip,
-                                   torch.float32, args.batch_size)
+                                   torch.float32, args.batch_size, **opts)
                 err = per_sample_rms(res.images, ref)
                 store.add(dict(schedule=schedule, solver=solver, nfe=res.nfe, teleport=teleport,
                                rms=float(err.mean()), rms_median=float(err.median()),
@@ -556,7 +584,10 @@ def describe_unet(store: Store) -> dict:
                        f"ays_network: the bound under the network on {s['ays_samples']} held-out test images; "
                        f"dp_network: teacher = model = the network, {s['dp_samples']} noise draws, "
                        f"{s['dp_candidates']} candidate levels, {s['dp_refine']} coordinate-descent sweeps "
-                       "(one shared trajectory cache). `teleport`: the Gaussian's exact jump from σ = 80 to σ_skip = "
+                       "(one shared trajectory cache). Solver `learned`: the weights of schedules.fit_coefficients, "
+                       "fitted with the network as teacher (a fine Heun solve from other noise draws; memory, draws "
+                       "and substeps in the row) on the grid searched for DPM++2M. "
+                       "`teleport`: the Gaussian's exact jump from σ = 80 to σ_skip = "
                        f"{s['sigma_skip']} with warm history; NFE counts network calls only. kl_optimal's "
                        f"sigma_data = the training set's pixel std ({s['sigma_data']}). search_cpu_s: the search's "
                        "process CPU-seconds (network searches cached on disk with their cost)."))
@@ -732,6 +763,12 @@ def parse_args(argv=None):
     ap.add_argument("--ref-check-n", type=int, default=64, help="draws of the convergence check")
     ap.add_argument("--ays-samples", type=int, default=32, help="held-out images of ays_network's bound")
     ap.add_argument("--ays-data", type=int, default=512, help="held-out test images (the last N) for ays_network")
+    ap.add_argument("--learned-memory", type=int, default=3,
+                    help="solver 'learned': earlier denoiser values a fitted step may use (default %(default)s)")
+    ap.add_argument("--learned-samples", type=int, default=64,
+                    help="solver 'learned': noise draws of the network teacher the weights are fitted on")
+    ap.add_argument("--learned-substeps", type=int, default=16,
+                    help="solver 'learned': Heun steps of the teacher per interval of the grid")
     ap.add_argument("--dp-samples", type=int, default=32, help="noise draws of dp_network's teacher")
     ap.add_argument("--dp-candidates", type=int, default=32, help="candidate levels of dp_network")
     ap.add_argument("--dp-refine", type=int, default=0, help="coordinate-descent sweeps of dp_network")
