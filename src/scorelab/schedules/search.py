@@ -221,6 +221,11 @@ class _Cached:
         return hit if hit is not None else self.model(x, sigma)
 
 
+def _rms(x, ref) -> float:
+    """Mean over the batch of each sample's RMS distance (per coordinate) to `ref`, in float64."""
+    return float((x - ref).reshape(x.shape[0], -1).to(torch.float64).pow(2).mean(1).sqrt().mean())
+
+
 def _geometric(hi: float, lo: float, m: int) -> list[float]:
     return [hi * (lo / hi) ** (j / (m - 1)) for j in range(m)] if m > 1 else [hi]
 
@@ -560,7 +565,7 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
         return fn(call_model, x_top, grid, **({"history": history0 or None} if hist_kw else {}), **solver_args)
 
     def rms(x):
-        return float(((x - x_end).reshape(n_samples, -1).to(torch.float64) ** 2).mean(1).sqrt().mean())
+        return _rms(x, x_end)
 
     def total(sig_path):
         return float(((solve(sig_path) - x_end).reshape(n_samples, -1).to(torch.float64) ** 2).sum(1).mean())
@@ -663,15 +668,13 @@ def fit_coefficients(teacher, sigmas, *, model=None, memory: int = 2, n_samples:
         c = [a + float(b) for a, b in zip(ddim, delta)]
         coefficients.append(c)
         x = sum(ci * f for ci, f in zip(c, feats))
-        step_rms.append(float((x - targets[i]).reshape(n_samples, -1).to(torch.float64).pow(2).mean(1).sqrt()
-                              .mean()))
+        step_rms.append(_rms(x, targets[i]))
     # the same batch with DPM-Solver++(2M) on the same grid: the weights are fitted step by step, not to the
     # endpoint, so at some budgets a classic solver on the grid is the better choice — this says which
     reference = get_solver("dpmpp_2m")(call_model, x_top, torch.tensor(levels + [0.0], dtype=torch.float64),
                                        history=[(h[0], h[1]) for h in history0] or None)
     info = {"teacher": teacher_how, "samples": n_samples, "memory": memory, "skip": k, "sigma_skip": sigma_skip,
             "rms": step_rms[-1], "step_rms": step_rms,
-            "dpmpp_2m_rms": float((reference - x_end).reshape(n_samples, -1).to(torch.float64).pow(2).mean(1)
-                                  .sqrt().mean()),
+            "dpmpp_2m_rms": _rms(reference, x_end),
             "evaluations": call_teacher.rows + (call_model.rows if call_model is not call_teacher else 0)}
     return (coefficients, info) if return_info else coefficients
