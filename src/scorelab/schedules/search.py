@@ -493,10 +493,13 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
         return fn(cached, points[j], torch.tensor([levels[j], target], dtype=torch.float64),
                   **history(path_idx), **solver_args)
 
+    def weight(k):
+        """c²/(c² + σ_k²): how much an error at σ_k still moves the endpoint (module docstring)."""
+        return 1.0 if k == m else c2 / (c2 + levels[k] ** 2)
+
     def err(x, k):
         ref = x_end if k == m else points[k]
-        w = 1.0 if k == m else c2 / (c2 + levels[k] ** 2)
-        return w * float(((x - ref).reshape(n_samples, -1).to(torch.float64) ** 2).sum(1).mean())
+        return weight(k) * float(((x - ref).reshape(n_samples, -1).to(torch.float64) ** 2).sum(1).mean())
 
     # A step that only evaluates the model at tabulated points (every multistep solver here, Euler) is a linear
     # combination of the tabulated tensors: run it once on their coordinates (unit vectors) and measure the error
@@ -524,8 +527,7 @@ def _dp(teacher, model, fn, solver_name, solver_args, steps, nfe, shape, top, si
 
     def err_lin(c, k):
         r = (c - (lin_end if k == m else lin_points[k]))[0]
-        w = 1.0 if k == m else c2 / (c2 + levels[k] ** 2)
-        return w * float(r @ gram @ r)
+        return weight(k) * float(r @ gram @ r)
 
     try:
         step_lin([], 0, 1)
