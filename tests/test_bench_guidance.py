@@ -95,3 +95,55 @@ def test_cli_help_and_bad_input(capsys):
     assert "--parts" in capsys.readouterr().err
     assert guidance.main(["--dims", "3"]) == 2
     assert guidance.main(["--pi-c", "1.5"]) == 2
+
+
+def test_d16_problem_and_its_exact_posterior():
+    """The d = 16 problem's prior (variances log-spaced 3.2 → 0.03, orthonormal basis) and the exact posterior the
+    prior part measures against, against the float64 closed form Σ_p = (Σ⁻¹ + AᵀA/σ_y²)⁻¹, μ_p = Σ_p Aᵀy/σ_y²."""
+    prior, op, y, sigma_y = guidance.d16_problem(0)
+    lam = torch.logspace(math.log10(3.2), math.log10(0.03), 16, dtype=torch.float64)
+    torch.testing.assert_close(torch.sort(prior.eigvals_, descending=True).values, lam, rtol=1e-12, atol=0)
+    cov = prior.cov_.to(torch.float64)
+    torch.testing.assert_close(torch.linalg.eigvalsh(cov).flip(0), lam, rtol=1e-10, atol=1e-12)
+    a = op.matrix().to(torch.float64)
+    assert a.shape == (4, 16) and sigma_y == 0.1 and y.shape == (1, 4)
+    cov_p = torch.linalg.inv(torch.linalg.inv(cov) + a.T @ a / sigma_y ** 2)
+    mu_p = cov_p @ a.T @ y[0].to(torch.float64) / sigma_y ** 2
+    post = sl.inverse.exact_posterior(prior, op, y, sigma_y)
+    torch.testing.assert_close(post.mean_.reshape(-1).to(torch.float64), mu_p, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(post.cov_.to(torch.float64), cov_p, rtol=1e-9, atol=1e-11)
+    ref = torch.ones(3, 2)
+    assert not guidance.diverged(torch.full((2, 2), 9.9), ref)
+    assert guidance.diverged(torch.full((2, 2), 10.1), ref)
+    assert guidance.diverged(torch.tensor([[0.0, float("nan")]]), ref)
+
+
+def test_prior_part_quick_writes_its_rows(tmp_path, capsys):
+    """--parts prior --quick, d16 table only: one row per method and sampler at NFE 25, floor and prior rows, the
+    record's summary table; bad --prior-tables / --prior-nfe exit 2."""
+    import json
+
+    assert guidance.main(["--parts", "prior", "--quick", "--prior-tables", "d16", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "guidance_prior.json").read_text())
+    rows = rec["rows"]
+    got = {(r["method"], r["sampler"]) for r in rows}
+    want = {("exact (floor)", "exact"), ("prior (no observation)", "exact"), ("DPS", "ancestral"),
+            ("SMC, K = 8", "DPM-Solver++(2M) SDE")}
+    want |= {(m, s) for m in ("PiGDM, sigma_d = 1", "PiGDM, exact Sigma_sigma", "DMPS") for s in ("ancestral", "Heun")}
+    assert got == want and len(rows) == len(want)
+    for r in rows:
+        assert r["table"] == "d16" and r["n"] == 200 and r["n_ref"] == 800 and r["diverged"] is False
+        assert r["SW2"] > 0 and r["PSNR"] is None
+        assert r["NFE"] == (0 if r["sampler"] == "exact" else 25)
+        assert r["steps"] == {"exact": 0, "Heun": 13}.get(r["sampler"], 25)
+    smc_row = next(r for r in rows if r["method"].startswith("SMC"))
+    assert smc_row["cost"] == 8 * 25
+    by = {(r["method"], r["sampler"]): r["SW2"] for r in rows}
+    assert by[("prior (no observation)", "exact")] > 3 * by[("exact (floor)", "exact")]
+    table = rec["tables"][0]["rows"]
+    assert [t["method"] for t in table][:2] == ["exact (floor)", "prior (no observation)"]
+    assert all(set(t) == {"method", "sampler", "NFE 25"} for t in table)
+    capsys.readouterr()
+    assert guidance.main(["--parts", "prior", "--prior-tables", "nope"]) == 2
+    assert "--prior-tables" in capsys.readouterr().err
+    assert guidance.main(["--parts", "prior", "--prior-nfe", "0"]) == 2
