@@ -297,7 +297,7 @@ def run_tilt(args, rec: Record):
                 rec.add({**base, "method": method, "K": k, "W2": r4(w2), "W2 debiased": r4(deb),
                          "ratio to CFG": r4(deb / cfg_row["W2"]), "SW2": r4(sliced(res.samples)),
                          "NFE": res.nfe * k, "seconds": round(seconds, 1),
-                         "min ESS": r4(float(res.ess.min()))})
+                         "min ESS": r4(float(res.ess.min())), "mean ESS": r4(float(res.ess.mean()))})
                 print(f"tilt d={d} γ={gamma} {method} K={k}: W2 {w2:.4f} (debiased {deb:.4f}, CFG {cfg_row['W2']:.4f}) "
                       f"{seconds:.0f} s", flush=True)
     current = {d: ({2: args.n_2, 64: args.n_64, 784: args.n_784}[d],
@@ -631,7 +631,7 @@ def main(argv=None) -> int:
                     "model; the tilt is positive definite when pi_c > (γ − 1)/γ (default: 0.75)")
     ap.add_argument("--tilt-steps", type=int, default=64, help="tilt: Karras steps, σ 80 → 0.002, at d = 2 and 64 "
                     "(default: 64)")
-    ap.add_argument("--tilt-steps-784", type=int, default=32, help="tilt: Karras steps at d = 784 (default: 32)")
+    ap.add_argument("--tilt-steps-784", type=int, default=64, help="tilt: Karras steps at d = 784 (default: 64)")
     ap.add_argument("--batch-ks", default="8", help="tilt: K of the one-population variant (all n·K particles one "
                     "population), at d = 2 and 64 (default: 8; empty: none)")
     ap.add_argument("--n-2", type=int, default=20000, help="tilt: samples at d = 2 (default: 20000)")
@@ -782,7 +782,8 @@ TILT_NOTES = (
     "(population='batch'), at d = 2 and 64 only. CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map "
     "of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE, one "
     "population of K particles per sample, resampled at every step (ess_threshold 1), float32; NFE counts both "
-    "models' evaluations per returned sample. W2: closed form between Gaussians from sample moments; the floor "
+    "models' evaluations per returned sample; 'min ESS' / 'mean ESS': the smallest / mean effective sample size "
+    "over all populations and steps, before resampling. W2: closed form between Gaussians from sample moments; the floor "
     "row is W2 of n exact tilt samples (rms of the replicates); 'W2 debiased' = sqrt(max(W2² − floor², 0)) (the "
     "estimator's bias removed in squares); 'ratio to CFG' = W2 debiased / CFG's W2. SW2: sliced W2 (256 "
     "projections) to max(n, 2,000) exact tilt samples; its floor is the floor row's SW2.")
