@@ -26,7 +26,7 @@ from . import record
 from .common import add_output_arguments, fashion_mnist, show
 
 ODE = [("euler", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
-       ("dpmpp_3m", dict(reference_coefficients=True)), ("unipc", dict(order=3, variant="bh1")),
+       ("dpmpp_3m", dict(reference_coefficients=False)), ("unipc", dict(order=3, variant="bh1")),
        ("unipc", dict(order=3, variant="bh2")), ("unipc", dict(order=2, variant="bh1")),
        ("unipc", dict(order=2, variant="bh2"))]
 STOCHASTIC = [("euler_ancestral", dict(eta=1.0)), ("dpmpp_2m_sde", dict(eta=1.0)),
