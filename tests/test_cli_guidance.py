@@ -125,3 +125,41 @@ def test_library_arguments_are_checked():
         sl.sample(g, n=1, steps=2, teleport_args={"class_labels": torch.zeros(1, dtype=torch.long)})
     with pytest.raises(ValueError, match="seed must be"):
         sl.smc.sample(sl.smc.cfg(g, 2.0, uncond=g), n=1, seed=-1)
+
+
+def test_sample_with_feynman_kac_correctors_is_smc_sample(fitted):
+    """--particles K runs scorelab.smc on the guided target, batch b seeded by sample_seed(seed, b)."""
+    import numpy as np
+
+    from scorelab import smc
+    from scorelab.noise import sample_seed
+
+    out = fitted / "fkc.json"
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--class", "all", "--guidance", "3",
+                "--particles", "4", "--n", "6", "--batch-size", "4", "--steps", "8", "--seed", "5", "--no-progress",
+                "--out", str(fitted / "fkc.png"), "--json", str(out), "--save-samples", str(fitted / "fkc.npy")) == 0
+    s = json.loads(out.read_text())
+    assert s["particles"] == 4 and s["solver"] == "dpmpp_2m_sde" and s["nfe"] == 16 and s["cost"] == 64
+    assert 1 <= s["ess_min"] <= s["ess_mean"] <= 4 and (fitted / "fkc.png").exists()
+    g = sl.Gaussian.load(fitted / "g.safetensors")
+    sigmas = sl.schedules.karras(8)
+    labels = torch.arange(6) % 10
+    want = torch.cat([smc.sample(smc.cfg(g, 3.0), hi - lo, (1, 8, 8), sigmas, particles=4, seed=sample_seed(5, b),
+                                 extra_args={"class_labels": labels[lo:hi]}).samples
+                      for b, (lo, hi) in enumerate([(0, 4), (4, 6)])])
+    torch.testing.assert_close(torch.from_numpy(np.load(fitted / "fkc.npy")), want.float())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--class", "1", "--particles", "4"], "--guidance"),
+    (["--guidance", "2", "--particles", "4"], "--class"),
+    (["--class", "1", "--guidance", "2", "--particles", "0"], "--particles"),
+    (["--class", "1", "--guidance", "2", "--particles", "4", "--solver", "heun"], "--solver"),
+    (["--class", "1", "--guidance", "2", "--particles", "4", "--guidance-interval", "0.5,5"], "--guidance-interval"),
+    (["--class", "1", "--guidance", "2", "--particles", "4", "--opt", "order=2"], "--opt"),
+])
+def test_feynman_kac_bad_input_exits_2(fitted, capsys, extra, message):
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--n", "2", "--steps", "4", "--no-progress",
+                "--out", str(fitted / "bad.png"), *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

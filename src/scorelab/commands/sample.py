@@ -21,7 +21,8 @@ def register(sub) -> None:
                     "--guide-with).")
     p.add_argument("--model", required=True, metavar="FILE|DIR",
                    help="a model saved by `scorelab fit` (.safetensors) or a trained network (directory or file)")
-    p.add_argument("--solver", default="heun", choices=sorted(SAMPLERS), help="sampler (default: heun)")
+    p.add_argument("--solver", default=None, choices=sorted(SAMPLERS),
+                   help="sampler (default: heun; with --particles dpmpp_2m_sde)")
     p.add_argument("--steps", type=int, default=None, help="number of solver steps of the grid (default: 18)")
     p.add_argument("--schedule", default=None, choices=sorted(NAMES), help="σ grid (default: karras)")
     p.add_argument("--sigmas", default=None, metavar="JSON",
@@ -60,6 +61,11 @@ def register(sub) -> None:
     c.add_argument("--guide-with", default=None, metavar="FILE|DIR",
                    help="autoguidance: the weaker model to guide with (an earlier or smaller network, or a fitted "
                         "Gaussian .safetensors)")
+    c.add_argument("--particles", type=int, default=None, metavar="K",
+                   help="Feynman-Kac correctors (scorelab.smc): sample the target --guidance aims at, p(x|c)^w "
+                        "p(x)^(1-w) (with --guide-with: p^w p_weak^(1-w)), with K weighted, resampled particles per "
+                        "sample; solver dpmpp_2m_sde (default) or euler_ancestral, --opt eta=/ess_threshold=; K times "
+                        "the network evaluations; batches of --batch-size samples, seeded by (seed, batch)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default: 64); --num-samples is the spelling torchrun lets through")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i) (default: 0)")
@@ -192,6 +198,15 @@ def _run(args) -> int:
     from ..sample import sample
 
     sharded = distributed.init()   # under torchrun (before loading: "cuda" is then this rank's GPU)
+    if args.particles is not None:
+        fkc_conflicts = [name for name, given in (("--teleport", args.teleport), ("--guidance-interval",
+                         args.guidance_interval), ("--warm-history", args.warm_history), ("torchrun", sharded))
+                         if given]
+        if fkc_conflicts:
+            raise ValueError(f"--particles (Feynman-Kac correctors) does not combine with {', '.join(fkc_conflicts)}")
+        if args.solver not in (None, "dpmpp_2m_sde", "euler_ancestral"):
+            raise ValueError(f"--particles steps with dpmpp_2m_sde or euler_ancestral; got --solver {args.solver}")
+    args.solver = args.solver or ("dpmpp_2m_sde" if args.particles is not None else "heun")
     dtype = torch_dtype(args.dtype)
     saved_skip = learned_coefficients = None
     if args.solver == "learned" and args.sigmas is None:
@@ -265,6 +280,8 @@ def _run(args) -> int:
     labels = None
     if args.class_labels is not None:
         labels = parse_classes(args.class_labels, args.n, model_classes(model), args.model)
+    if args.particles is not None:
+        return _run_fkc(args, model, labels, shape, sigmas, dtype)
     denoiser = guided_model(args, model, labels, args.device, dtype if args.dtype == "float64" else None)
     extra_args = {"class_labels": labels} if labels is not None else None
     teleport_args = extra_args if gaussian is not None and model_classes(gaussian) is not None else None
@@ -307,6 +324,80 @@ def _run(args) -> int:
                    images_per_second=round(args.n / max(result.seconds, 1e-9), 3), out=out_png,
                    samples=args.save_samples, world_size=1 if run is None else run.world_size,
                    samples_per_rank=[args.n] if run is None else run.shares)
+    if args.json:
+        write_json(args.json, summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "sigmas"}))
+    return 0
+
+
+def _run_fkc(args, model, labels, shape, sigmas, dtype) -> int:
+    """--particles K: Feynman–Kac corrector sampling of the guided target (scorelab.smc), in batches."""
+    import math
+    import time
+
+    import numpy as np
+    import torch
+
+    from .. import smc
+    from .._io import atomic_path, progress_bar, write_json
+    from ..images import save_grid, save_scatter
+    from ..noise import sample_seed
+
+    if args.particles < 1:
+        raise ValueError(f"--particles must be >= 1; got {args.particles}")
+    if args.guidance is None:
+        raise ValueError("--particles samples the target of --guidance W: give --guidance (with --class, or with "
+                         "--guide-with)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.guide_with is not None:
+        weak = load_denoiser(args.guide_with, device=args.device, dtype=dtype if args.dtype == "float64" else None,
+                             option="--guide-with")
+        target = smc.cfg(model, args.guidance, uncond=weak)
+    elif labels is None:
+        raise ValueError("--guidance without --guide-with is classifier-free guidance: it needs --class")
+    else:
+        target = smc.cfg(model, args.guidance)
+    opts = parse_opts(args.opt)
+    unknown = sorted(set(opts) - {"eta", "ess_threshold", "population", "resample_window"})
+    if unknown:
+        raise ValueError(f"--opt with --particles takes eta, ess_threshold, population, resample_window; got "
+                         f"{', '.join(unknown)}")
+    t0 = time.perf_counter()
+    parts, ess, resampled, nfe, network_nfe = [], [], [], 0, 0
+    batches = range(math.ceil(args.n / args.batch_size))
+    for b in progress_bar(batches, enabled=not args.no_progress, desc="fkc"):
+        lo, hi = b * args.batch_size, min(args.n, (b + 1) * args.batch_size)
+        cond = {"class_labels": labels[lo:hi]} if labels is not None else None
+        out = smc.sample(target, hi - lo, shape, sigmas, particles=args.particles, solver=args.solver,
+                         extra_args=cond, seed=sample_seed(args.seed, b), device=args.device, dtype=dtype, **opts)
+        parts.append(out.samples.float().cpu())
+        ess.append(out.ess.float().mean(0).cpu())
+        resampled.append(out.resampled.float().mean(0).cpu())
+        nfe, network_nfe = out.nfe, out.network_nfe
+    images = torch.cat(parts)
+    seconds = time.perf_counter() - t0
+    out_png = None
+    if images.ndim == 4:
+        save_grid(images, args.out)
+        out_png = args.out
+    elif images.ndim == 2 and images.shape[1] >= 2:
+        save_scatter(images[:, :2], args.out, title=f"FKC, K = {args.particles}, w = {args.guidance:g}")
+        out_png = args.out
+    if args.save_samples:
+        with atomic_path(args.save_samples, ".npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, images.numpy())
+    ess_all = torch.cat(ess)
+    summary = dict(model=str(args.model), class_labels=args.class_labels, guidance=args.guidance,
+                   guide_with=args.guide_with, method="feynman-kac correctors", particles=args.particles,
+                   solver=args.solver, solver_opts=opts, n=int(images.shape[0]), shape=list(images.shape[1:]),
+                   steps=len(sigmas) - 1, sigmas=[float(v) for v in sigmas], seed=args.seed,
+                   batch_size=args.batch_size, nfe=nfe, network_nfe=network_nfe,
+                   cost=args.particles * network_nfe, ess_mean=round(float(ess_all.mean()), 4),
+                   ess_min=round(float(ess_all.min()), 4), resampled_fraction=round(float(torch.cat(resampled).mean()), 4),
+                   seconds=round(seconds, 4), images_per_second=round(args.n / max(seconds, 1e-9), 3), out=out_png,
+                   samples=args.save_samples, device=args.device, dtype=args.dtype)
     if args.json:
         write_json(args.json, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "sigmas"}))
