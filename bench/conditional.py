@@ -14,6 +14,9 @@ classifier models/fashion-mnist-classifier:
     "FD real": the same statistic for the first n *training* images of class c (what a perfect model would score
     at this n), and "acc real", the classifier's accuracy on class c's test images (what a perfect model's
     samples would score).
+With `--particles 1,4` (a list of K) the samples come instead from Feynman–Kac correctors,
+`scorelab.smc.sample(smc.cfg(net, w), particles=K)` with DPM-Solver++(2M) SDE on the Karras grid of `--steps` steps
+(K = 1 is the plain CFG SDE), seeded by the class; give such a run its own `--name` (e.g. conditional_fkc).
 Writes the result record conditional.json (bench/results by default, --out DIR) and one PNG grid per scale
 (conditional_w{w}.png: one row per class, the first 10 samples), and prints the tables. One CPU thread by default.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 import scorelab as sl
+from scorelab import smc
 from scorelab._io import atomic_path
 from scorelab.images import save_grid
 from scorelab.metrics.classifier import default_extractor
@@ -55,7 +59,8 @@ def class_fd(feats: torch.Tensor, ref: FeatureStats) -> float:
     return frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
 
 
-def generate(net, sha: str, scale: float, n: int, steps: int, batch_size: int) -> tuple[torch.Tensor, float, int]:
+def generate(net, sha: str, scale: float, n: int, steps: int, batch_size: int,
+             particles: int | None = None) -> tuple[torch.Tensor, float, int]:
     """Samples [10, n, 1, 28, 28] at CFG scale `scale` (class c from seeds 0..n−1), seconds, network evaluations.
 
     Each class's samples are cached (scorelab cache, conditional/: keyed by the network's sha256, scale, class, n,
@@ -64,9 +69,20 @@ def generate(net, sha: str, scale: float, n: int, steps: int, batch_size: int) -
     folder = record.cache_dir("conditional")
     folder.mkdir(parents=True, exist_ok=True)
     for c in range(10):
-        path = folder / f"{sha[:16]}_w{scale:g}_c{c}_n{n}_heun{steps}.pt"
+        method = f"heun{steps}" if particles is None else f"fkc{particles}_dpmpp2msde{steps}"
+        path = folder / f"{sha[:16]}_w{scale:g}_c{c}_n{n}_{method}.pt"
         if path.exists():
             hit = torch.load(path)
+        elif particles is not None:
+            target = smc.cfg(net, scale)
+            t0 = time.perf_counter()
+            y = torch.full((n,), c, dtype=torch.long)
+            res = smc.sample(target, n, (1, 28, 28), sl.schedules.karras(steps), particles=particles, seed=c,
+                             extra_args={"class_labels": y})
+            hit = {"images": res.samples.clamp(-1, 1), "seconds": time.perf_counter() - t0,
+                   "evals": target.network_evals, "ess": float(res.ess.mean())}
+            with atomic_path(path) as tmp:
+                torch.save(hit, tmp)
         else:
             guided = sl.guidance.cfg(net, scale)
             t0 = time.perf_counter()
@@ -89,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", default="1,2,3,4", help="CFG scales, comma-separated (default: 1,2,3,4)")
     ap.add_argument("--n-per-class", type=int, default=100, help="samples per class and scale (default: 100)")
     ap.add_argument("--steps", type=int, default=18, help="Heun steps (default: 18, NFE 35)")
+    ap.add_argument("--particles", default=None, help="Feynman-Kac correctors with these K, comma-separated "
+                    "(default: none, plain CFG with Heun)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="conditional", help="record name (default: conditional)")
@@ -98,6 +116,9 @@ def main(argv=None) -> int:
         scales = parse_scales(args.scales)
         if args.n_per_class < 2:
             raise ValueError(f"--n-per-class must be >= 2 (FD needs a covariance); got {args.n_per_class}")
+        ks = [None] if args.particles is None else [int(v) for v in args.particles.split(",") if v.strip()]
+        if args.particles is not None and (not ks or min(ks) < 1):
+            raise ValueError(f"--particles must be positive integers, comma-separated; got {args.particles!r}")
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1; got {args.threads}")
     except ValueError as e:
@@ -125,36 +146,46 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, plots = [], [], []
-    for w in scales:
-        images, seconds, evals = generate(net, sha, w, n, args.steps, args.batch_size)
+    for w, k in [(w, k) for w in scales for k in ks]:
+        images, seconds, evals = generate(net, sha, w, n, args.steps, args.batch_size, k)
+        kcol = {} if k is None else {"K": k}
         accs, fds = [], []
         for c in range(10):
             accs.append(float((clf.predict(images[c]) == c).double().mean()))
             fds.append(class_fd(clf(images[c]), ref[c]))
-            rows.append({"scale": w, "class": c, "name": CLASSES[c], "accuracy": round(accs[c], 4),
+            rows.append({"scale": w, **kcol, "class": c, "name": CLASSES[c], "accuracy": round(accs[c], 4),
                          "FD": round(fds[c], 3), "FD real": round(floor[c], 3), "acc real": round(acc_real[c], 4)})
-        summary.append({"scale": w, "mean accuracy": round(sum(accs) / 10, 4), "mean FD": round(sum(fds) / 10, 3),
+        summary.append({"scale": w, **kcol, "mean accuracy": round(sum(accs) / 10, 4), "mean FD": round(sum(fds) / 10, 3),
                         "mean FD real": round(sum(floor) / 10, 3), "samples": 10 * n,
-                        "network evals": evals, "seconds": round(seconds, 1)})
-        grid = f"{args.name}_w{w:g}.png"
+                        "network evals": evals, "per sample": evals // 10 * (k or 1), "seconds": round(seconds, 1)})
+        grid = f"{args.name}_w{w:g}.png" if k is None else f"{args.name}_w{w:g}_K{k}.png"
         save_grid(images[:, :10].reshape(-1, 1, 28, 28), out / grid, nrow=min(10, n), scale=2)
         plots.append(grid)
-        print(f"scale {w:g}: mean accuracy {summary[-1]['mean accuracy']:.3f}, mean FD {summary[-1]['mean FD']:.2f} "
+        print(f"scale {w:g}{'' if k is None else f', K = {k}'}: mean accuracy {summary[-1]['mean accuracy']:.3f}, mean FD {summary[-1]['mean FD']:.2f} "
               f"({seconds:.0f} s)", flush=True)
 
-    title = (f"Conditional U-Net with CFG: per-class classifier accuracy and FD (classifier features), Heun "
-             f"{args.steps}, {n} samples per class")
+    sampler = f"Heun {args.steps}" if ks == [None] else f"Feynman-Kac correctors, DPM-Solver++(2M) SDE {args.steps}"
+    title = (f"Conditional U-Net with CFG: per-class classifier accuracy and FD (classifier features), {sampler}, "
+             f"{n} samples per class")
     notes = (f"{n} samples per class and scale, seeds 0..{n - 1} (the same x_T for every class and scale). FD: "
              "classifier-feature Fréchet distance to the class's 1,000 test images; 'FD real' is the same statistic "
              f"for {n} training images of the class (the small-sample floor), 'acc real' the classifier's accuracy "
-             "on the class's test images. Grids: one row per class (0 T-shirt … 9 ankle boot), the first 10 samples.")
+             "on the class's test images. Grids: one row per class (0 T-shirt … 9 ankle boot), the first 10 samples."
+             + ("" if ks == [None] else " K: particles per sample of scorelab.smc.sample(smc.cfg(net, w)) (one "
+                "population per sample, resampled when ESS < K/2, seed = the class); K = 1 is the plain CFG SDE; "
+                "network evals: calls of the networks on the 10 class batches (a batch holds n·K particles); per sample: "
+                "network evaluations per returned sample (K × those of one particle)."))
+    keys = ["scale", "class"] if ks == [None] else ["scale", "K", "class"]
+    columns = ["scale", "class", "name", "accuracy", "FD", "FD real", "acc real"]
+    if ks != [None]:
+        columns.insert(1, "K")
     path = record.write(args.name, rows, out=args.out, title=title, network=record.network(args.model),
-                        columns=["scale", "class", "name", "accuracy", "FD", "FD real", "acc real"],
-                        keys=["scale", "class"], tables=[{"title": "Mean over the 10 classes", "rows": summary}],
-                        plots=plots, notes=notes, samples_per_class=n, steps=args.steps, solver="heun")
+                        columns=columns, keys=keys, tables=[{"title": "Mean over the 10 classes", "rows": summary}],
+                        plots=plots, notes=notes, samples_per_class=n, steps=args.steps,
+                        solver="heun" if ks == [None] else "fkc-dpmpp_2m_sde")
     print(show(summary))
     print()
-    print(show(rows, columns=["scale", "class", "name", "accuracy", "FD", "FD real", "acc real"]))
+    print(show(rows, columns=columns))
     print(f"wrote {path}")
     return 0
 
