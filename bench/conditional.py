@@ -80,7 +80,7 @@ def generate(net, sha: str, scale: float, n: int, steps: int, batch_size: int,
             res = smc.sample(target, n, (1, 28, 28), sl.schedules.karras(steps), particles=particles, seed=c,
                              extra_args={"class_labels": y})
             hit = {"images": res.samples.clamp(-1, 1), "seconds": time.perf_counter() - t0,
-                   "evals": target.network_evals, "ess": float(res.ess.mean())}
+                   "evals": target.network_evals}
             with atomic_path(path) as tmp:
                 torch.save(hit, tmp)
         else:

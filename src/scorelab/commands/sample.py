@@ -179,22 +179,54 @@ def guided_model(args, model, labels, device, dtype):
             raise ValueError("--guide-with and --guidance-interval need --guidance W")
         return model
     interval = parse_interval(args.guidance_interval) if args.guidance_interval is not None else None
+    weak = guidance_partner(args, model, labels, device, dtype)
+    if weak is not None:
+        weak_cond = labels is not None and model_classes(weak) is not None
+        return guidance.autoguidance(model, weak, args.guidance, interval, weak_cond=weak_cond)
+    return guidance.cfg(model, args.guidance, interval=interval)
+
+
+def guidance_partner(args, model, labels, device, dtype):
+    """With --guidance: the weaker model of --guide-with (autoguidance), or None for classifier-free guidance
+    (which needs --class)."""
     if args.guide_with is not None:
         weak = load_denoiser(args.guide_with, device=device, dtype=dtype, option="--guide-with")
         weak_shape, shape = getattr(weak, "shape_", None), getattr(model, "shape_", None)
         if weak_shape is not None and shape is not None and tuple(weak_shape) != tuple(shape):
             raise ValueError(f"--guide-with {args.guide_with!r} draws samples of shape {tuple(weak_shape)} but "
                              f"--model {args.model!r} of shape {tuple(shape)}: the two models must share it")
-        weak_cond = labels is not None and model_classes(weak) is not None
-        return guidance.autoguidance(model, weak, args.guidance, interval, weak_cond=weak_cond)
+        return weak
     if labels is None:
         raise ValueError("--guidance without --guide-with is classifier-free guidance: it needs --class")
-    return guidance.cfg(model, args.guidance, interval=interval)
+    return None
+
+
+def write_outputs(args, images, summary: dict, title: str) -> None:
+    """The PNG (an image grid for [n, C, H, W], a scatter plot titled `title` for vectors; summary["out"]), the
+    --save-samples array, the --json summary and its one-line print."""
+    import numpy as np
+
+    from .._io import atomic_path, write_json
+    from ..images import save_grid, save_scatter
+
+    summary["out"] = None
+    if images.ndim == 4:
+        save_grid(images, args.out)
+        summary["out"] = args.out
+    elif images.ndim == 2 and images.shape[1] >= 2:
+        save_scatter(images[:, :2], args.out, title=title)
+        summary["out"] = args.out
+    if args.save_samples:
+        with atomic_path(args.save_samples, ".npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, images.numpy())
+    if args.json:
+        write_json(args.json, summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "sigmas"}))
 
 
 def _run(args) -> int:
     from .. import distributed, schedules
-    from .._io import write_json
     from ..sample import sample
 
     sharded = distributed.init()   # under torchrun (before loading: "cuda" is then this rank's GPU)
@@ -304,29 +336,14 @@ def _run(args) -> int:
     else:
         result = sample(denoiser, n=args.n, **kw)
     images = result.images.float().cpu()
-    if images.ndim == 4 or (images.ndim == 2 and images.shape[1] >= 2):
-        result.save_grid(args.out)
-        out_png = args.out
-    else:
-        out_png = None
-    if args.save_samples:
-        import numpy as np
-
-        from .._io import atomic_path
-
-        with atomic_path(args.save_samples, ".npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, images.numpy())
     summary = dict(model=str(args.model), teleport=args.teleport, schedule=args.sigmas or args.schedule,
                    class_labels=args.class_labels, guidance=args.guidance, guidance_interval=args.guidance_interval,
                    guide_with=args.guide_with, **result.summary(),
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                   images_per_second=round(args.n / max(result.seconds, 1e-9), 3), out=out_png,
+                   images_per_second=round(args.n / max(result.seconds, 1e-9), 3), out=None,
                    samples=args.save_samples, world_size=1 if run is None else run.world_size,
                    samples_per_rank=[args.n] if run is None else run.shares)
-    if args.json:
-        write_json(args.json, summary)
-    print(json.dumps({k: v for k, v in summary.items() if k != "sigmas"}))
+    write_outputs(args, images, summary, title=f"{result.solver}, NFE {result.nfe}")
     return 0
 
 
@@ -335,12 +352,10 @@ def _run_fkc(args, model, labels, shape, sigmas, dtype) -> int:
     import math
     import time
 
-    import numpy as np
     import torch
 
     from .. import smc
-    from .._io import atomic_path, progress_bar, write_json
-    from ..images import save_grid, save_scatter
+    from .._io import progress_bar
     from ..noise import sample_seed
 
     if args.particles < 1:
@@ -350,14 +365,8 @@ def _run_fkc(args, model, labels, shape, sigmas, dtype) -> int:
                          "--guide-with)")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.guide_with is not None:
-        weak = load_denoiser(args.guide_with, device=args.device, dtype=dtype if args.dtype == "float64" else None,
-                             option="--guide-with")
-        target = smc.cfg(model, args.guidance, uncond=weak)
-    elif labels is None:
-        raise ValueError("--guidance without --guide-with is classifier-free guidance: it needs --class")
-    else:
-        target = smc.cfg(model, args.guidance)
+    weak = guidance_partner(args, model, labels, args.device, dtype if args.dtype == "float64" else None)
+    target = smc.cfg(model, args.guidance, uncond=weak)
     opts = parse_opts(args.opt)
     unknown = sorted(set(opts) - {"eta", "ess_threshold", "population", "resample_window"})
     if unknown:
@@ -377,17 +386,6 @@ def _run_fkc(args, model, labels, shape, sigmas, dtype) -> int:
         nfe, network_nfe = out.nfe, out.network_nfe
     images = torch.cat(parts)
     seconds = time.perf_counter() - t0
-    out_png = None
-    if images.ndim == 4:
-        save_grid(images, args.out)
-        out_png = args.out
-    elif images.ndim == 2 and images.shape[1] >= 2:
-        save_scatter(images[:, :2], args.out, title=f"FKC, K = {args.particles}, w = {args.guidance:g}")
-        out_png = args.out
-    if args.save_samples:
-        with atomic_path(args.save_samples, ".npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, images.numpy())
     ess_all = torch.cat(ess)
     summary = dict(model=str(args.model), class_labels=args.class_labels, guidance=args.guidance,
                    guide_with=args.guide_with, method="feynman-kac correctors", particles=args.particles,
@@ -396,9 +394,7 @@ def _run_fkc(args, model, labels, shape, sigmas, dtype) -> int:
                    batch_size=args.batch_size, nfe=nfe, network_nfe=network_nfe,
                    cost=args.particles * network_nfe, ess_mean=round(float(ess_all.mean()), 4),
                    ess_min=round(float(ess_all.min()), 4), resampled_fraction=round(float(torch.cat(resampled).mean()), 4),
-                   seconds=round(seconds, 4), images_per_second=round(args.n / max(seconds, 1e-9), 3), out=out_png,
+                   seconds=round(seconds, 4), images_per_second=round(args.n / max(seconds, 1e-9), 3), out=None,
                    samples=args.save_samples, device=args.device, dtype=args.dtype)
-    if args.json:
-        write_json(args.json, summary)
-    print(json.dumps({k: v for k, v in summary.items() if k != "sigmas"}))
+    write_outputs(args, images, summary, title=f"FKC, K = {args.particles}, w = {args.guidance:g}")
     return 0
