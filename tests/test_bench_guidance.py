@@ -147,3 +147,15 @@ def test_prior_part_quick_writes_its_rows(tmp_path, capsys):
     assert guidance.main(["--parts", "prior", "--prior-tables", "nope"]) == 2
     assert "--prior-tables" in capsys.readouterr().err
     assert guidance.main(["--parts", "prior", "--prior-nfe", "0"]) == 2
+
+
+@pytest.mark.parametrize("d", [2, 64])
+def test_rotated_pair_is_the_pair_in_the_unconditional_eigenbasis(d):
+    _, _, g_c, g_u, _, _ = guidance.tilt_models(d, 0, 0.75, [1.5, 3])
+    c, u, rot = guidance.rotated_pair(g_c, g_u, dtype=torch.float64)
+    torch.testing.assert_close(rot.T @ rot, torch.eye(d, dtype=torch.float64))
+    x = 3 * torch.randn(5, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    for s in (0.01, 1.0, 50.0):
+        sigma = torch.full((5,), s, dtype=torch.float64)
+        for rotated, plain in ((c, g_c), (u, g_u)):
+            torch.testing.assert_close(rotated(x @ rot, sigma), plain.to(dtype=torch.float64)(x, sigma) @ rot)

@@ -150,7 +150,24 @@ def test_sample_with_feynman_kac_correctors_is_smc_sample(fitted):
     torch.testing.assert_close(torch.from_numpy(np.load(fitted / "fkc.npy")), want.float())
 
 
+def test_feynman_kac_options_reach_smc_sample(fitted):
+    """--opt selection=loo --opt eta=3 are smc.sample's keywords."""
+    import numpy as np
+
+    from scorelab import smc
+    from scorelab.noise import sample_seed
+
+    assert main("sample", "--model", str(fitted / "g.safetensors"), "--class", "2", "--guidance", "2",
+                "--particles", "3", "--n", "3", "--steps", "6", "--opt", "selection=loo", "--opt", "eta=3",
+                "--no-progress", "--out", str(fitted / "loo.png"), "--save-samples", str(fitted / "loo.npy")) == 0
+    g = sl.Gaussian.load(fitted / "g.safetensors")
+    want = smc.sample(smc.cfg(g, 2.0), 3, (1, 8, 8), sl.schedules.karras(6), particles=3, seed=sample_seed(0, 0),
+                      extra_args={"class_labels": torch.full((3,), 2)}, selection="loo", eta=3.0).samples
+    torch.testing.assert_close(torch.from_numpy(np.load(fitted / "loo.npy")), want.float())
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--class", "1", "--guidance", "2", "--particles", "4", "--opt", "selection=best"], "selection"),
     (["--class", "1", "--particles", "4"], "--guidance"),
     (["--guidance", "2", "--particles", "4"], "--class"),
     (["--class", "1", "--guidance", "2", "--particles", "0"], "--particles"),

@@ -5,6 +5,8 @@
   difference in σ); it must differ from smc's rate by a constant in x (the dropped Laplacian constants).
 - K = 1 is exactly the SDE sampler (DPM-Solver++(2M) SDE, ancestral Euler) on the guided denoiser (same draws).
 - Systematic resampling: the expected counts are M·w exactly (integrated over the uniform in closed form).
+- Leave-one-out selection: the law of the drawn particle, enumerated exactly over all particle sets, is off by
+  1/K of the correction with plain weights and by second order or less with leave-one-out weights.
 - Sampling targets with closed forms: CFG's geometric tilt of two Gaussians that share nothing special (class
   covariance Σ_c, unconditional Σ_u = Σ_c + B with B ⪰ 0 in another eigenbasis, so Λ_u ⪯ Λ_c and the tilt's
   precision γΛ_c + (1−γ)Λ_u ⪰ Λ_c ≻ 0 for every γ ≥ 1); the annealed Gaussian (covariance Σ/β); the product of
@@ -14,6 +16,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import scorelab as sl
 from scorelab import smc
@@ -190,6 +194,49 @@ def test_ess_bounds():
     torch.testing.assert_close(e, 1 / (w ** 2).sum(-1))
 
 
+def _selected_law_error(k, eps, selection):
+    """Exact P(the drawn particle is in state 1) − p(1) by enumerating all 2^K particle sets: states {0, 1} drawn
+    from q = (½, ½), weights w = (1 − ε, 1 + ε), target p(1) = (1 + ε)/2."""
+    import itertools
+    total = 0.0
+    for states in itertools.product([0, 1], repeat=k):
+        lw = torch.log(torch.tensor([1 + eps if s else 1 - eps for s in states], dtype=F64))[None]
+        prob = torch.softmax(smc.leave_one_out(lw) if selection == "loo" else lw, -1)[0]
+        total += 0.5 ** k * float(sum(prob[i] for i in range(k) if states[i]))
+    return total - (1 + eps) / 2
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_leave_one_out_selection_is_exact_to_first_order(k):
+    for eps in (0.1, 0.05):
+        plain, loo = _selected_law_error(k, eps, "plain"), _selected_law_error(k, eps, "loo")
+        assert plain == pytest.approx(-eps / (2 * k) * (1 - eps ** 2), rel=0.2)    # 1/K of the correction ε/2
+        assert abs(loo) < 0.05 * abs(plain)
+    # second order or better: halving ε divides the error by ≥ 4 (measured: 8)
+    assert abs(_selected_law_error(k, 0.1, "loo")) > 4 * abs(_selected_law_error(k, 0.05, "loo"))
+
+
+def test_leave_one_out_special_rows():
+    w = torch.tensor([[1.0, 3.0]], dtype=F64)
+    torch.testing.assert_close(torch.softmax(smc.leave_one_out(w.log()), -1), w ** 2 / (w ** 2).sum())
+    one = torch.tensor([[-math.inf, 0.3, -math.inf]], dtype=F64)
+    torch.testing.assert_close(torch.softmax(smc.leave_one_out(one), -1), torch.tensor([[0.0, 1.0, 0.0]], dtype=F64))
+    assert (smc.leave_one_out(torch.randn(4, 1)) == 0).all()
+    big = smc.leave_one_out(torch.tensor([[0.0, 800.0, 1.0]], dtype=F64))           # S − w_k without cancellation
+    torch.testing.assert_close(big, torch.tensor([[-800.0, 800 - math.log(math.e + 1), -799.0]], dtype=F64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-30, 30), min_size=2, max_size=12), st.floats(-100, 100))
+def test_leave_one_out_probabilities(log_w, shift):
+    lw = torch.tensor([log_w], dtype=F64)
+    p = torch.softmax(smc.leave_one_out(lw), -1)
+    assert torch.isfinite(p).all() and float(p.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(torch.softmax(smc.leave_one_out(lw + shift), -1), p)    # scale-free
+    order = lw[0].argsort()
+    assert (p[0, order].diff() >= -1e-12).all()                   # a larger weight is never drawn less often
+
+
 # ---------------------------------------------------------------------------------------------- sampling targets
 SIGMAS = sl.schedules.karras(128)
 
@@ -207,6 +254,9 @@ def cfg_runs():
     for k, pop in ((1, "sample"), (8, "sample"), (8, "batch")):
         r = smc.sample(target, n, (2,), SIGMAS, particles=k, population=pop, ess_threshold=1.0, dtype=F64, seed=3)
         out[k, pop] = (w2(r.samples, mu, cov), r)
+    r = smc.sample(target, n, (2,), sl.schedules.karras(256), particles=8, ess_threshold=1.0, eta=10.0,
+                   selection="loo", dtype=F64, seed=3)
+    out["loo"] = w2(r.samples, mu, cov)
     return out
 
 
@@ -218,6 +268,7 @@ def test_fkc_corrects_cfg_towards_the_geometric_tilt(cfg_runs):
     assert plain > 0.15 and sde > 0.1                 # CFG misses the tilt (Bradley & Nakkiran 2025)
     assert per_sample < 0.35 * plain and per_sample < 0.5 * sde    # measured: 0.048 vs 0.229 (Heun), 0.128 (SDE)
     assert pooled < 0.25 * plain                                     # measured: 0.032
+    assert cfg_runs["loo"] < 0.15 * plain           # eta = 10, 256 steps, leave-one-out selection; measured: 0.022
     assert r.ess.shape == (len(SIGMAS) - 1, 2000) and ((r.ess >= 1 - 1e-9) & (r.ess <= 8 + 1e-9)).all()
     assert r.resampled[:-1].float().mean() > 0.5 and not r.resampled[-1].any()
     assert r.nfe == 2 * 128 and r.cost == 8 * 2 * 128
@@ -305,6 +356,8 @@ def test_bad_input_is_named():
         (lambda: smc.sample(g_c, 2, (2,), sigmas=[1.0, 2.0, 0.0]), ValueError, "sigmas"),
         (lambda: smc.sample(g_c, 2, (2,), eta=-1), ValueError, "eta"),
         (lambda: smc.sample(g_c, 2, (2,), solver="heun"), ValueError, "solver"),
+        (lambda: smc.sample(g_c, 2, (2,), selection="best"), ValueError, "selection"),
+        (lambda: smc.leave_one_out(torch.zeros(4)), ValueError, "log_weights"),
         (lambda: smc.sample(42, 2, (2,)), TypeError, "target"),
         (lambda: smc.systematic_resample(torch.zeros(4)), ValueError, "log_weights"),
         (lambda: smc.systematic_resample(torch.zeros(2, 4), u=torch.tensor([0.5, 1.0])), ValueError, "u must"),

@@ -64,7 +64,7 @@ def register(sub) -> None:
     c.add_argument("--particles", type=int, default=None, metavar="K",
                    help="Feynman-Kac correctors (scorelab.smc): sample the target --guidance aims at, p(x|c)^w "
                         "p(x)^(1-w) (with --guide-with: p^w p_weak^(1-w)), with K weighted, resampled particles per "
-                        "sample; solver dpmpp_2m_sde (default) or euler_ancestral, --opt eta=/ess_threshold=; K times "
+                        "sample; solver dpmpp_2m_sde (default) or euler_ancestral, --opt eta=/ess_threshold=/selection=loo; K times "
                         "the network evaluations; batches of --batch-size samples, seeded by (seed, batch)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default: 64); --num-samples is the spelling torchrun lets through")
@@ -368,10 +368,10 @@ def _run_fkc(args, model, labels, shape, sigmas, dtype) -> int:
     weak = guidance_partner(args, model, labels, args.device, dtype if args.dtype == "float64" else None)
     target = smc.cfg(model, args.guidance, uncond=weak)
     opts = parse_opts(args.opt)
-    unknown = sorted(set(opts) - {"eta", "ess_threshold", "population", "resample_window"})
+    unknown = sorted(set(opts) - {"eta", "ess_threshold", "population", "resample_window", "selection"})
     if unknown:
-        raise ValueError(f"--opt with --particles takes eta, ess_threshold, population, resample_window; got "
-                         f"{', '.join(unknown)}")
+        raise ValueError(f"--opt with --particles takes eta, ess_threshold, population, resample_window, selection; "
+                         f"got {', '.join(unknown)}")
     t0 = time.perf_counter()
     parts, ess, resampled, nfe, network_nfe = [], [], [], 0, 0
     batches = range(math.ceil(args.n / args.batch_size))
