@@ -23,7 +23,9 @@ with the same settings are kept, not recomputed):
   γ(D_c − D_u); its output is an affine map of the initial noise, so its exact moments are computed by pushing d +
   1 vectors through the sampler: no sampling error) and of Feynman–Kac-corrected samples
   (`scorelab.smc.sample(smc.cfg(...))`, one population of K particles per sample, K ∈ {1, 2, 4, 8, 16}; K = 1 is
-  the plain CFG SDE; at d = 2 and 64 also one population of n·K particles). W₂ of n samples is biased upwards by
+  the plain CFG SDE; DPM-Solver++(2M) SDE with --fkc-eta (30) on --fkc-steps (1024) Karras steps, leave-one-out
+  selection (--selection); rows of other settings are kept beside them, keyed by eta, selection and sde steps;
+  at d = 2 and 64 also one population of n·K particles). W₂ of n samples is biased upwards by
   the sampling noise of the moments; the floor row is W₂ of n exact samples (root mean square over replicates), and
   "W2 debiased" subtracts it in squares, sqrt(max(W₂² − floor², 0)). Goal: FKC at K = 8 ≤ 10% of plain CFG's W₂.
 - guidance_gmm.json — **MCGdiff's 25-component GMM benchmark** (Cardoso et al. 2023; the construction of the
@@ -263,6 +265,37 @@ def rotated_pair(g_c, g_u, dtype=torch.float32):
     return c, DiagonalGaussian(u.T @ g_u.mean_.reshape(-1).to(torch.float64), g_u.eigvals_, dtype=dtype), u
 
 
+def fkc_chunks(target, n: int, d: int, k: int, population: str, args, tag: str):
+    """FKC samples of `target` as a list of parts {samples, seconds, nfe, ess_min, ess_mean}: one run of n samples
+    with seed K, or (--chunk C < n, population "sample" only) runs of C samples with seeds K + 1000·i, each kept
+    in scorelab's cache (guidance_tilt/) as it finishes, so an interrupted long cell resumes where it stopped."""
+    def run(size, seed):
+        t0 = time.perf_counter()
+        res = smc.sample(target, size, shape=(d,), sigmas=karras(args.fkc_steps), particles=k, population=population,
+                         ess_threshold=args.ess_threshold, seed=seed, eta=args.fkc_eta, selection=args.selection,
+                         dtype=torch.float32)
+        return dict(samples=res.samples, seconds=time.perf_counter() - t0, nfe=res.nfe,
+                    ess_min=float(res.ess.min()), ess_mean=float(res.ess.mean()))
+
+    if not args.chunk or args.chunk >= n or population != "sample":
+        return [run(n, k)]
+    folder = record.cache_dir("guidance_tilt")
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, lo in enumerate(range(0, n, args.chunk)):
+        path = folder / f"{tag}_{i}.pt"
+        if path.exists():
+            parts.append(torch.load(path))
+            continue
+        part = run(min(args.chunk, n - lo), k + 1000 * i)
+        tmp = path.with_suffix(".tmp")
+        torch.save(part, tmp)
+        tmp.replace(path)
+        parts.append(part)
+        print(f"  chunk {i + 1}/{math.ceil(n / args.chunk)} of {tag}: {part['seconds']:.0f} s", flush=True)
+    return parts
+
+
 def run_tilt(args, rec: Record):
     pooled_table = []
     for d in args.dims:
@@ -320,19 +353,21 @@ def run_tilt(args, rec: Record):
             for method, k, population in runs:
                 if rec.get(**key, method=method, K=k, **fkc) is not None:
                     continue
-                t0 = time.perf_counter()
-                res = smc.sample(smc.cfg(rot_c, gamma, uncond=rot_u), n, shape=(d,), sigmas=karras(args.fkc_steps),
-                                 particles=k, population=population, ess_threshold=args.ess_threshold, seed=k,
-                                 eta=args.fkc_eta, selection=args.selection, dtype=torch.float32)
-                seconds = time.perf_counter() - t0
-                mu_s, cov_s = moments(res.samples)
+                tag = f"d{d}_g{gamma:g}_n{n}_{method.replace(' ', '').replace(',', '')}_k{k}_eta{args.fkc_eta:g}_" \
+                      f"{args.selection}_s{args.fkc_steps}_c{args.chunk}"
+                parts = fkc_chunks(smc.cfg(rot_c, gamma, uncond=rot_u), n, d, k, population, args, tag)
+                samples = torch.cat([p["samples"] for p in parts])
+                seconds = sum(p["seconds"] for p in parts)
+                mu_s, cov_s = moments(samples)
                 w2 = w2_gaussian(mu_s, cov_s, m_rot, cov_rot)
                 deb = math.sqrt(max(w2 ** 2 - floor_row["W2"] ** 2, 0.0))
-                out = res.samples if rot is None else res.samples.to(torch.float64) @ rot.T
+                out = samples if rot is None else samples.to(torch.float64) @ rot.T
                 rec.add({**base, "method": method, "K": k, **fkc, "W2": r4(w2), "W2 debiased": r4(deb),
                          "ratio to CFG": r4(deb / cfg_row["W2"]), "SW2": r4(sliced(out)),
-                         "NFE": res.nfe * k, "seconds": round(seconds, 1),
-                         "min ESS": r4(float(res.ess.min())), "mean ESS": r4(float(res.ess.mean()))})
+                         "NFE": parts[0]["nfe"] * k, "seconds": round(seconds, 1),
+                         "min ESS": r4(min(p["ess_min"] for p in parts)),
+                         "mean ESS": r4(sum(p["ess_mean"] * len(p["samples"]) for p in parts) / n),
+                         **({"chunk": args.chunk} if args.chunk and args.chunk < n else {})})
                 print(f"tilt d={d} γ={gamma} {method} K={k}: W2 {w2:.4f} (debiased {deb:.4f}, CFG {cfg_row['W2']:.4f}) "
                       f"{seconds:.0f} s", flush=True)
     rec.write(tables=[{"title": "Largest generalised eigenvalue of Σ_c relative to the plain pooled fit Σ (the "
@@ -669,11 +704,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n-2", type=int, default=20000, help="tilt: samples at d = 2 (default: 20000)")
     ap.add_argument("--n-64", type=int, default=16000, help="tilt: samples at d = 64 (default: 16000)")
     ap.add_argument("--n-784", type=int, default=4000, help="tilt: samples at d = 784 (default: 4000)")
-    ap.add_argument("--fkc-eta", type=float, default=10.0, help="tilt: FKC's SDE noise eta (DPM-Solver++(2M) SDE; "
-                    "default: 10)")
-    ap.add_argument("--fkc-steps", type=int, default=512, help="tilt: FKC's Karras steps, σ 80 → 0.002 (default: 512)")
+    ap.add_argument("--fkc-eta", type=float, default=30.0, help="tilt: FKC's SDE noise eta (DPM-Solver++(2M) SDE; "
+                    "default: 30)")
+    ap.add_argument("--fkc-steps", type=int, default=1024, help="tilt: FKC's Karras steps, σ 80 → 0.002 (default: 1024)")
     ap.add_argument("--selection", choices=("plain", "loo"), default="loo",
                     help="tilt: FKC's resampling probabilities, smc.sample(selection=) (default: loo)")
+    ap.add_argument("--chunk", type=int, default=0, help="tilt: run FKC cells in parts of this many samples (seeds "
+                    "K + 1000·i), each cached as it finishes so that a long cell resumes (default: 0, one run)")
     ap.add_argument("--ess-threshold", type=float, default=1.0, help="tilt: FKC resampling threshold (default: 1, "
                     "every step)")
     ap.add_argument("--floor-reps", type=int, default=3, help="tilt: replicates of the floor and the bias (default 3)")
@@ -741,6 +778,8 @@ def main(argv=None) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
         if any(k < 1 for k in args.ks + args.batch_ks + args.smc_particles):
             raise ValueError("--ks and --smc-particles must be >= 1")
+        if args.chunk < 0:
+            raise ValueError(f"--chunk must be >= 0; got {args.chunk}")
         if not args.fkc_eta >= 0:
             raise ValueError(f"--fkc-eta must be >= 0; got {args.fkc_eta}")
         if not 0 < args.pi_c < 1:
@@ -753,7 +792,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.n_2, args.n_64, args.n_784 = min(args.n_2, 2000), min(args.n_64, 500), min(args.n_784, 200)
         args.tilt_steps, args.gmm_seeds, args.gmm_n = min(args.tilt_steps, 32), 1, min(args.gmm_n, 200)
-        args.fkc_steps = min(args.fkc_steps, 32)
+        args.fkc_steps, args.fkc_eta = min(args.fkc_steps, 32), min(args.fkc_eta, 1.0)   # a large eta needs fine steps
         args.tilt_steps_784 = min(args.tilt_steps_784, 16)
         args.image_n, args.image_steps = min(args.image_n, 4), min(args.image_steps, 10)
         args.prior_nfe, args.prior_n, args.prior_ref = args.prior_nfe[:1], min(args.prior_n, 200), \
@@ -821,11 +860,15 @@ TILT_NOTES = (
     "1)/γ); 'tilt precision cond' is its λ_min/λ_max. With the plain pooled fit (second table) it is indefinite "
     "for every class at both γ at d = 64 and 784. 'FKC, one population': all n·K particles form one population "
     "(population='batch'), at d = 2 and 64 only. CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map "
-    "of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE, one "
-    "population of K particles per sample, resampled at every step (ess_threshold 1), float32; NFE counts both "
+    "of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE with the "
+    "row's eta on a Karras grid of the row's 'sde steps' (σ 80 → 0.002), resampling and the final draw with the "
+    "row's selection ('plain': w_k / Σ w; 'loo': leave-one-out w_k / Σ_(j≠k) w_j), one "
+    "population of K particles per sample, resampled at every step (ess_threshold 1), float32, run in the "
+    "eigenbasis of g_u (rotated_pair: the same law up to the rotation, which W2 does not see); NFE counts both "
     "models' evaluations per returned sample; 'min ESS' / 'mean ESS': the smallest / mean effective sample size "
     "over all populations and steps, before resampling. W2: closed form between Gaussians from sample moments; the floor "
-    "row is W2 of n exact tilt samples (rms of the replicates); 'W2 debiased' = sqrt(max(W2² − floor², 0)) (the "
+    "row is W2 of n exact tilt samples (rms of the replicates), its 'resolution' √(2 sd) with sd the standard "
+    "deviation of W2² over 8 sets of n exact samples (a debiased W2 below it cannot be told from 0); 'W2 debiased' = sqrt(max(W2² − floor², 0)) (the "
     "estimator's bias removed in squares); 'ratio to CFG' = W2 debiased / CFG's W2. SW2: sliced W2 (256 "
     "projections) to max(n, 2,000) exact tilt samples; its floor is the floor row's SW2.")
 GMM_NOTES = (

@@ -159,3 +159,25 @@ def test_rotated_pair_is_the_pair_in_the_unconditional_eigenbasis(d):
         sigma = torch.full((5,), s, dtype=torch.float64)
         for rotated, plain in ((c, g_c), (u, g_u)):
             torch.testing.assert_close(rotated(x @ rot, sigma), plain.to(dtype=torch.float64)(x, sigma) @ rot)
+
+
+def test_fkc_chunks_are_cached_and_resume(tmp_path, monkeypatch):
+    import argparse
+
+    from scorelab import smc
+
+    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path))
+    _, _, g_c, g_u, _, _ = guidance.tilt_models(2, 0, 0.75, [1.5])
+    target = smc.cfg(g_c.to(dtype=torch.float32), 1.5, uncond=g_u.to(dtype=torch.float32))
+    args = argparse.Namespace(fkc_steps=8, ess_threshold=1.0, fkc_eta=1.0, selection="loo", chunk=0)
+    whole = guidance.fkc_chunks(target, 10, 2, 3, "sample", args, "t")
+    want = smc.sample(target, 10, shape=(2,), sigmas=guidance.karras(8), particles=3, ess_threshold=1.0, seed=3,
+                      selection="loo")
+    assert len(whole) == 1 and torch.equal(whole[0]["samples"], want.samples)
+    args.chunk = 4
+    parts = guidance.fkc_chunks(target, 10, 2, 3, "sample", args, "t")
+    assert [len(p["samples"]) for p in parts] == [4, 4, 2] and len(list((tmp_path / "guidance_tilt").glob("t_*.pt"))) == 3
+    (tmp_path / "guidance_tilt" / "t_2.pt").unlink()                 # an interrupted run: the last part is missing
+    again = guidance.fkc_chunks(target, 10, 2, 3, "sample", args, "t")
+    for a, b in zip(parts, again):
+        assert torch.equal(a["samples"], b["samples"])
