@@ -242,27 +242,29 @@ class DiagonalGaussian:
     """The denoiser of N(m, diag(λ)): D(x, σ) = m + λ/(λ + σ²) ⊙ (x − m), elementwise. In the eigenbasis of the
     unconditional Gaussian it is that Gaussian's denoiser without the two d × d products (`rotated_pair`)."""
 
-    def __init__(self, mean, eigvals, dtype=torch.float32):
-        self.mean_ = torch.as_tensor(mean).reshape(-1).to(dtype)
-        self.eigvals_ = torch.as_tensor(eigvals).reshape(-1).to(dtype)
+    def __init__(self, mean, eigvals, dtype=torch.float32, device=None):
+        self.mean_ = torch.as_tensor(mean).reshape(-1).to(device=device, dtype=dtype)
+        self.eigvals_ = torch.as_tensor(eigvals).reshape(-1).to(device=device, dtype=dtype)
 
     def __call__(self, x, sigma, **cond):
         s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1) ** 2
         return self.mean_ + self.eigvals_ / (self.eigvals_ + s2) * (x - self.mean_)
 
 
-def rotated_pair(g_c, g_u, dtype=torch.float32):
+def rotated_pair(g_c, g_u, dtype=torch.float32, device=None):
     """(c-expert, u-expert, U): the two Gaussians' denoisers in the orthonormal eigenbasis U of g_u (x' = Uᵀx),
     where g_u's is diagonal (`DiagonalGaussian`) and g_c's is sl.Gaussian(Uᵀμ_c, λ_c, UᵀU_c). The isotropic noise
     and W₂ do not change under the rotation, so FKC run in these coordinates has the same law up to the rotation,
     at half the cost (two d × d products per step instead of four). U is None (no rotation) when g_u's eigenbasis
-    is not complete."""
-    u = g_u.eigvecs_.to(torch.float64)
+    is not complete. `device`: where the denoisers live (U stays on the CPU, float64)."""
+    u = g_u.eigvecs_.to(device="cpu", dtype=torch.float64)
     if u.shape[0] != u.shape[1]:
-        return g_c.to(dtype=dtype), g_u.to(dtype=dtype), None
-    c = sl.Gaussian(u.T @ g_c.mean_.reshape(-1).to(torch.float64), g_c.eigvals_, u.T @ g_c.eigvecs_.to(torch.float64),
-                    g_c.residual_var_, dtype=dtype)
-    return c, DiagonalGaussian(u.T @ g_u.mean_.reshape(-1).to(torch.float64), g_u.eigvals_, dtype=dtype), u
+        return g_c.to(device=device, dtype=dtype), g_u.to(device=device, dtype=dtype), None
+    f64 = dict(device="cpu", dtype=torch.float64)
+    c = sl.Gaussian(u.T @ g_c.mean_.reshape(-1).to(**f64), g_c.eigvals_.to(**f64), u.T @ g_c.eigvecs_.to(**f64),
+                    g_c.residual_var_, dtype=dtype, device=device)
+    return c, DiagonalGaussian(u.T @ g_u.mean_.reshape(-1).to(**f64), g_u.eigvals_.to(**f64), dtype=dtype,
+                               device=device), u
 
 
 def fkc_chunks(target, n: int, d: int, k: int, population: str, args, tag: str):
@@ -273,8 +275,8 @@ def fkc_chunks(target, n: int, d: int, k: int, population: str, args, tag: str):
         t0 = time.perf_counter()
         res = smc.sample(target, size, shape=(d,), sigmas=karras(args.fkc_steps), particles=k, population=population,
                          ess_threshold=args.ess_threshold, seed=seed, eta=args.fkc_eta, selection=args.selection,
-                         dtype=torch.float32)
-        return dict(samples=res.samples, seconds=time.perf_counter() - t0, nfe=res.nfe,
+                         dtype=torch.float32, device=getattr(args, "device", None))
+        return dict(samples=res.samples.cpu(), seconds=time.perf_counter() - t0, nfe=res.nfe,
                     ess_min=float(res.ess.min()), ess_mean=float(res.ess.mean()))
 
     if not args.chunk or args.chunk >= n or population != "sample":
@@ -305,7 +307,7 @@ def run_tilt(args, rec: Record):
         n = {2: args.n_2, 64: args.n_64, 784: args.n_784}[d]
         steps = args.tilt_steps_784 if d == 784 else args.tilt_steps
         sig = karras(steps)
-        rot_c, rot_u, rot = rotated_pair(g_c, g_u)
+        rot_c, rot_u, rot = rotated_pair(g_c, g_u, device=args.device)
         for gamma in args.gammas:
             m, cov, cond = geometric_tilt(g_c.mean_, g_c.cov_, g_u.mean_, g_u.cov_, gamma)
             gen = torch.Generator().manual_seed(1000 + d)
@@ -690,6 +692,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: tilt, gmm, images, prior (default: all)")
     ap.add_argument("--quick", action="store_true", help="a small version of every part (smaller n, fewer steps)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    ap.add_argument("--device", default=None, help="tilt: where FKC runs, e.g. cuda (default: the CPU)")
     ap.add_argument("--dims", default="2,64,784", help="tilt: dimensions among 2, 64, 784 (default: all)")
     ap.add_argument("--gammas", default="1.5,3", help="tilt: CFG scales γ (default: 1.5,3)")
     ap.add_argument("--ks", default="1,2,4,8,16", help="tilt: particles per sample K (default: 1,2,4,8,16)")
