@@ -355,8 +355,9 @@ def run_tilt(args, rec: Record):
             for method, k, population in runs:
                 if rec.get(**key, method=method, K=k, **fkc) is not None:
                     continue
-                tag = f"d{d}_g{gamma:g}_n{n}_{method.replace(' ', '').replace(',', '')}_k{k}_eta{args.fkc_eta:g}_" \
-                      f"{args.selection}_s{args.fkc_steps}_c{args.chunk}"
+                tag = (f"d{d}_c{args.tilt_class}_pi{args.pi_c:g}_g{gamma:g}_n{n}_"
+                       f"{method.replace(' ', '').replace(',', '')}_k{k}_eta{args.fkc_eta:g}_{args.selection}_"
+                       f"s{args.fkc_steps}_ess{args.ess_threshold:g}_c{args.chunk}")
                 parts = fkc_chunks(smc.cfg(rot_c, gamma, uncond=rot_u), n, d, k, population, args, tag)
                 samples = torch.cat([p["samples"] for p in parts])
                 seconds = sum(p["seconds"] for p in parts)
@@ -709,7 +710,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-784", type=int, default=4000, help="tilt: samples at d = 784 (default: 4000)")
     ap.add_argument("--fkc-eta", type=float, default=30.0, help="tilt: FKC's SDE noise eta (DPM-Solver++(2M) SDE; "
                     "default: 30)")
-    ap.add_argument("--fkc-steps", type=int, default=1024, help="tilt: FKC's Karras steps, σ 80 → 0.002 (default: 1024)")
+    ap.add_argument("--fkc-steps", type=int, default=1024,
+                    help="tilt: FKC's Karras steps, σ 80 → 0.002 (default: 1024)")
     ap.add_argument("--selection", choices=("plain", "loo"), default="loo",
                     help="tilt: FKC's resampling probabilities, smc.sample(selection=) (default: loo)")
     ap.add_argument("--chunk", type=int, default=0, help="tilt: run FKC cells in parts of this many samples (seeds "
@@ -773,8 +775,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--prior-nfe must be >= 1; got {args.prior_nfe}")
         if args.prior_index < 0 or args.prior_seed < 0:
             raise ValueError("--prior-index and --prior-seed must be >= 0")
-        for name in ("threads", "n_2", "n_64", "n_784", "tilt_steps", "tilt_steps_784", "fkc_steps", "floor_reps", "projections",
-                     "d_y",
+        for name in ("threads", "n_2", "n_64", "n_784", "tilt_steps", "tilt_steps_784", "fkc_steps", "floor_reps",
+                     "projections", "d_y",
                      "gmm_seeds", "gmm_n", "gmm_nfe", "image_n", "image_steps", "prior_n", "prior_ref", "prior_fit",
                      "prior_image_n", "prior_image_ref", "prior_steps", "prior_particles"):
             if getattr(args, name) < 1:
@@ -869,10 +871,10 @@ TILT_NOTES = (
     "population of K particles per sample, resampled at every step (ess_threshold 1), float32, run in the "
     "eigenbasis of g_u (rotated_pair: the same law up to the rotation, which W2 does not see); NFE counts both "
     "models' evaluations per returned sample; 'min ESS' / 'mean ESS': the smallest / mean effective sample size "
-    "over all populations and steps, before resampling. W2: closed form between Gaussians from sample moments; the floor "
-    "row is W2 of n exact tilt samples (rms of the replicates), its 'resolution' √(2 sd) with sd the standard "
-    "deviation of W2² over 8 sets of n exact samples (a debiased W2 below it cannot be told from 0); 'W2 debiased' = sqrt(max(W2² − floor², 0)) (the "
-    "estimator's bias removed in squares); 'ratio to CFG' = W2 debiased / CFG's W2. SW2: sliced W2 (256 "
+    "over all populations and steps, before resampling. W2: closed form between Gaussians from sample moments; "
+    "the floor row is W2 of n exact tilt samples (rms of the replicates), its 'resolution' √(2 sd) with sd the "
+    "standard deviation of W2² over 8 sets of n exact samples (a debiased W2 below it cannot be told from 0); "
+    "'W2 debiased' = sqrt(max(W2² − floor², 0)) (the estimator's bias removed in squares); 'ratio to CFG' = W2 debiased / CFG's W2. SW2: sliced W2 (256 "
     "projections) to max(n, 2,000) exact tilt samples; its floor is the floor row's SW2.")
 GMM_NOTES = (
     "Prior: 25 unit-covariance Gaussians, means (8i, 8j, 8i, 8j, …), i, j ∈ {−2..2}, weights ∝ N(0,1)²; A = U "

@@ -176,7 +176,8 @@ def test_fkc_chunks_are_cached_and_resume(tmp_path, monkeypatch):
     assert len(whole) == 1 and torch.equal(whole[0]["samples"], want.samples)
     args.chunk = 4
     parts = guidance.fkc_chunks(target, 10, 2, 3, "sample", args, "t")
-    assert [len(p["samples"]) for p in parts] == [4, 4, 2] and len(list((tmp_path / "guidance_tilt").glob("t_*.pt"))) == 3
+    assert [len(p["samples"]) for p in parts] == [4, 4, 2]
+    assert len(list((tmp_path / "guidance_tilt").glob("t_*.pt"))) == 3
     (tmp_path / "guidance_tilt" / "t_2.pt").unlink()                 # an interrupted run: the last part is missing
     again = guidance.fkc_chunks(target, 10, 2, 3, "sample", args, "t")
     for a, b in zip(parts, again):

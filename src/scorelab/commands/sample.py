@@ -64,7 +64,8 @@ def register(sub) -> None:
     c.add_argument("--particles", type=int, default=None, metavar="K",
                    help="Feynman-Kac correctors (scorelab.smc): sample the target --guidance aims at, p(x|c)^w "
                         "p(x)^(1-w) (with --guide-with: p^w p_weak^(1-w)), with K weighted, resampled particles per "
-                        "sample; solver dpmpp_2m_sde (default) or euler_ancestral, --opt eta=/ess_threshold=/selection=loo; K times "
+                        "sample; solver dpmpp_2m_sde (default) or euler_ancestral, --opt eta=/ess_threshold=/"
+                        "selection=loo; K times "
                         "the network evaluations; batches of --batch-size samples, seeded by (seed, batch)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default: 64); --num-samples is the spelling torchrun lets through")
