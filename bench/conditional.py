@@ -161,28 +161,27 @@ def main(argv=None) -> int:
         grid = f"{args.name}_w{w:g}.png" if k is None else f"{args.name}_w{w:g}_K{k}.png"
         save_grid(images[:, :10].reshape(-1, 1, 28, 28), out / grid, nrow=min(10, n), scale=2)
         plots.append(grid)
-        print(f"scale {w:g}{'' if k is None else f', K = {k}'}: mean accuracy {summary[-1]['mean accuracy']:.3f}, mean FD {summary[-1]['mean FD']:.2f} "
-              f"({seconds:.0f} s)", flush=True)
+        print(f"scale {w:g}{'' if k is None else f', K = {k}'}: mean accuracy {summary[-1]['mean accuracy']:.3f}, "
+              f"mean FD {summary[-1]['mean FD']:.2f} ({seconds:.0f} s)", flush=True)
 
-    sampler = f"Heun {args.steps}" if ks == [None] else f"Feynman-Kac correctors, DPM-Solver++(2M) SDE {args.steps}"
+    fkc = ks != [None]
+    sampler = f"Feynman-Kac correctors, DPM-Solver++(2M) SDE {args.steps}" if fkc else f"Heun {args.steps}"
     title = (f"Conditional U-Net with CFG: per-class classifier accuracy and FD (classifier features), {sampler}, "
              f"{n} samples per class")
     notes = (f"{n} samples per class and scale, seeds 0..{n - 1} (the same x_T for every class and scale). FD: "
              "classifier-feature Fréchet distance to the class's 1,000 test images; 'FD real' is the same statistic "
              f"for {n} training images of the class (the small-sample floor), 'acc real' the classifier's accuracy "
              "on the class's test images. Grids: one row per class (0 T-shirt … 9 ankle boot), the first 10 samples."
-             + ("" if ks == [None] else " K: particles per sample of scorelab.smc.sample(smc.cfg(net, w)) (one "
+             + ("" if not fkc else " K: particles per sample of scorelab.smc.sample(smc.cfg(net, w)) (one "
                 "population per sample, resampled when ESS < K/2, seed = the class); K = 1 is the plain CFG SDE; "
                 "network evals: calls of the networks on the 10 class batches (a batch holds n·K particles); per sample: "
                 "network evaluations per returned sample (K × those of one particle)."))
-    keys = ["scale", "class"] if ks == [None] else ["scale", "K", "class"]
-    columns = ["scale", "class", "name", "accuracy", "FD", "FD real", "acc real"]
-    if ks != [None]:
-        columns.insert(1, "K")
+    keys = ["scale", "K", "class"] if fkc else ["scale", "class"]
+    columns = ["scale", *(["K"] if fkc else []), "class", "name", "accuracy", "FD", "FD real", "acc real"]
     path = record.write(args.name, rows, out=args.out, title=title, network=record.network(args.model),
                         columns=columns, keys=keys, tables=[{"title": "Mean over the 10 classes", "rows": summary}],
                         plots=plots, notes=notes, samples_per_class=n, steps=args.steps,
-                        solver="heun" if ks == [None] else "fkc-dpmpp_2m_sde")
+                        solver="fkc-dpmpp_2m_sde" if fkc else "heun")
     print(show(summary))
     print()
     print(show(rows, columns=columns))

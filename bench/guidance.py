@@ -62,6 +62,7 @@ import torch
 import scorelab as sl
 from scorelab import inverse, smc
 from scorelab.metrics.frechet import frechet_distance
+from scorelab.models.gaussian import shrinkage
 
 from . import record
 from .common import add_output_arguments, fashion_mnist, show
@@ -247,8 +248,8 @@ class DiagonalGaussian:
         self.eigvals_ = torch.as_tensor(eigvals).reshape(-1).to(device=device, dtype=dtype)
 
     def __call__(self, x, sigma, **cond):
-        s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1) ** 2
-        return self.mean_ + self.eigvals_ / (self.eigvals_ + s2) * (x - self.mean_)
+        s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1) ** 2
+        return self.mean_ + shrinkage(self.eigvals_, s2) * (x - self.mean_)
 
 
 def rotated_pair(g_c, g_u, dtype=torch.float32, device=None):

@@ -65,8 +65,8 @@ def register(sub) -> None:
                    help="Feynman-Kac correctors (scorelab.smc): sample the target --guidance aims at, p(x|c)^w "
                         "p(x)^(1-w) (with --guide-with: p^w p_weak^(1-w)), with K weighted, resampled particles per "
                         "sample; solver dpmpp_2m_sde (default) or euler_ancestral, --opt eta=/ess_threshold=/"
-                        "selection=loo; K times "
-                        "the network evaluations; batches of --batch-size samples, seeded by (seed, batch)")
+                        "selection=loo; K times the network evaluations; batches of --batch-size samples, seeded "
+                        "by (seed, batch)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default: 64); --num-samples is the spelling torchrun lets through")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i) (default: 0)")
