@@ -249,6 +249,8 @@ class DiagonalGaussian:
 
     def __call__(self, x, sigma, **cond):
         s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1) ** 2
+        if s2.shape[0] > 1 and bool((s2 == s2[:1]).all()):
+            s2 = s2[:1]                             # one σ for the batch: a [1, d] gain
         return self.mean_ + shrinkage(self.eigvals_, s2) * (x - self.mean_)
 
 

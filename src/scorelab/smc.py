@@ -93,12 +93,12 @@ __all__ = ["Tilt", "GaussianLikelihood", "cfg", "anneal", "product", "posterior"
 
 def _sqnorm(v: torch.Tensor) -> torch.Tensor:
     """‖v‖² per sample: [B, *shape] → [B]."""
-    return v.reshape(v.shape[0], -1).pow(2).sum(-1)
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1) ** 2
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """⟨a, b⟩ per sample: [B, *shape] × [B, *shape] → [B]."""
-    return (a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1)).sum(-1)
+    return torch.einsum("bi,bi->b", a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -216,10 +216,13 @@ class Tilt:
             self.network_evals += (after - before) if after is not None and before is not None else 1
         a = self.exponents
         total = self.exponent_sum
-        drift = sum(ai * vi for ai, vi in zip(a, v))                           # σ² Σ a_i s_i
+        drift = v[0] * a[0]                                                    # σ² Σ a_i s_i
+        for ai, vi in zip(a[1:], v[1:]):
+            drift.add_(vi, alpha=ai)
         # Σ a_i‖v_i‖² − ‖Σ a_i v_i‖² = Σ_{i<j} a_i a_j ‖v_i − v_j‖² + (1 − Σa) Σ a_i ‖v_i‖²  (no cancellation)
         spread = sum(a[i] * a[j] * _sqnorm(v[i] - v[j]) for i in range(len(v)) for j in range(i + 1, len(v)))
-        spread = spread + (1 - total) * sum(ai * _sqnorm(vi) for ai, vi in zip(a, v))
+        if total != 1:
+            spread = spread + (1 - total) * sum(ai * _sqnorm(vi) for ai, vi in zip(a, v))
         rate = -spread / sigma ** 3 if torch.is_tensor(spread) else x.new_zeros(x.shape[0])
         if self.likelihood is not None:
             grad, dsigma = self.likelihood.terms(x, sigma)
@@ -533,11 +536,12 @@ def sample(target, n: int, shape=None, sigmas=None, *, particles: int = 8, popul
         else:                                     # DPM-Solver++(2M) SDE, as samplers.dpmpp_2m_sde ("midpoint")
             lam, h = -math.log(sigma), math.log(sigma / sigma_next)
             one_minus = -math.expm1(-h - eta * h)
-            x_new = (sigma_next / sigma) * math.exp(-eta * h) * x + one_minus * denoised
+            x_new = x * ((sigma_next / sigma) * math.exp(-eta * h))
+            x_new.add_(denoised, alpha=one_minus)
             if previous is not None:
-                x_new = x_new + (0.5 * one_minus * h / (lam - previous[0])) * (denoised - previous[1])
+                x_new.add_(denoised - previous[1], alpha=0.5 * one_minus * h / (lam - previous[0]))
             if eta > 0:
-                x_new = x_new + randn(*x.shape) * (sigma_next * math.sqrt(-math.expm1(-2 * eta * h)))
+                x_new.add_(randn(*x.shape), alpha=sigma_next * math.sqrt(-math.expm1(-2 * eta * h)))
             previous = (lam, denoised)
             x = x_new
     ess_log.append(ess(log_w))
