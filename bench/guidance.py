@@ -25,7 +25,8 @@ with the same settings are kept, not recomputed):
   (`scorelab.smc.sample(smc.cfg(...))`, one population of K particles per sample, K ∈ {1, 2, 4, 8, 16}; K = 1 is
   the plain CFG SDE; DPM-Solver++(2M) SDE with --fkc-eta (30) on --fkc-steps (1024) Karras steps, leave-one-out
   selection (--selection); rows of other settings are kept beside them, keyed by eta, selection and sde steps;
-  at d = 2 and 64 also one population of n·K particles). W₂ of n samples is biased upwards by
+  at d = 2 and 64 also one population of n·K particles; and the exact law of K = 1, the guided SDE alone, whose
+  moments follow in closed form (`sde_moments`; --no-sde-moments skips it)). W₂ of n samples is biased upwards by
   the sampling noise of the moments; the floor row is W₂ of n exact samples (root mean square over replicates), and
   "W2 debiased" subtracts it in squares, sqrt(max(W₂² − floor², 0)). Goal: FKC at K = 8 ≤ 10% of plain CFG's W₂.
 - guidance_gmm.json — **MCGdiff's 25-component GMM benchmark** (Cardoso et al. 2023; the construction of the
@@ -239,6 +240,40 @@ def cfg_heun_moments(g_c, g_u, gamma, sigmas):
     return a, b.T @ b, guided.network_evals
 
 
+def sde_moments(g_c, g_u, gamma, sigmas, eta: float):
+    """Exact (mean, covariance) of what FKC with one particle returns (`smc.sample(smc.cfg(...), particles=1)`:
+    DPM-Solver++(2M) SDE with noise `eta` on the CFG denoiser D = b_i + M_i x, from x_0 ~ N(0, σ_0² I)), float64.
+    Each step is affine in (x, D_prev) plus Gaussian noise, so the moments of that pair follow exactly:
+    x' = A x − c p + …, p' = M x + b, A = α I + (1 − e^(−(1+η)h) + c) M, with the solver's α, c and noise s²."""
+    f64 = dict(dtype=torch.float64)
+    d = g_c.mean_.numel()
+    guided = sl.guidance.cfg(g_c.to(**f64), gamma, uncond=g_u.to(**f64))
+    grid = [float(v) for v in sigmas]
+    eye = torch.eye(d, **f64)
+    mx, sxx = torch.zeros(d, **f64), eye * grid[0] ** 2
+    mp, sxp, spp = torch.zeros(d, **f64), torch.zeros(d, d, **f64), torch.zeros(d, d, **f64)
+    h_prev = None
+    for sigma, sigma_next in zip(grid[:-1], grid[1:]):
+        out = guided(torch.cat([torch.zeros(1, d, **f64), eye]), torch.full((d + 1,), sigma, **f64))
+        b, m = out[0], (out[1:] - out[0]).T                       # D(x) = b + M x
+        md = b + m @ mx
+        if sigma_next == 0:
+            return md, m @ sxx @ m.T
+        h = math.log(sigma / sigma_next)
+        one_minus = -math.expm1(-h - eta * h)
+        alpha = (sigma_next / sigma) * math.exp(-eta * h)
+        c = 0.0 if h_prev is None else 0.5 * one_minus * h / h_prev
+        a = alpha * eye + (one_minus + c) * m
+        a_sxx, a_sxp = a @ sxx, a @ sxp
+        mx, mp = alpha * mx + (one_minus + c) * md - c * mp, md
+        sxx, sxp, spp = (a_sxx @ a.T - c * (a_sxp + a_sxp.T) + c * c * spp
+                         + sigma_next ** 2 * -math.expm1(-2 * eta * h) * eye,
+                         (a_sxx - c * sxp.T) @ m.T, m @ sxx @ m.T)
+        sxx = (sxx + sxx.T) / 2
+        h_prev = h
+    return mx, sxx
+
+
 class DiagonalGaussian:
     """The denoiser of N(m, diag(λ)): D(x, σ) = m + λ/(λ + σ²) ⊙ (x − m), elementwise. In the eigenbasis of the
     unconditional Gaussian it is that Gaussian's denoiser without the two d × d products (`rotated_pair`)."""
@@ -316,7 +351,7 @@ def run_tilt(args, rec: Record):
             gen = torch.Generator().manual_seed(1000 + d)
             reference = draw(m, cov, max(n, 2000), gen)
             m_rot, cov_rot = (m, cov) if rot is None else (rot.T @ m, rot.T @ cov @ rot)
-            base = dict(d=d, data=name, gamma=gamma, n=n, steps=steps)
+            base = dict(d=d, data=name, gamma=gamma, n=n, steps=steps, eta=None, selection=None)
             key = dict(d=d, gamma=gamma, n=n, steps=steps)
 
             def sliced(x):
@@ -351,10 +386,22 @@ def run_tilt(args, rec: Record):
                                    "W2 debiased": r4(w2), "ratio to CFG": 1.0,
                                    "SW2": r4(sliced(draw(a, c_cfg, n, gen))),
                                    "NFE": 2 * steps - 1, "seconds": round(time.perf_counter() - t0, 1)})
+            fkc = dict(eta=args.fkc_eta, selection=args.selection, **{"sde steps": args.fkc_steps})
+            exact = dict(method="FKC, K = 1 (exact moments)", K=1, eta=args.fkc_eta, selection=None,
+                         **{"sde steps": args.fkc_steps})
+            if args.sde_moments and rec.get(**key, **exact) is None:
+                # one particle is the guided SDE alone: affine in the noise, its law is known without sampling
+                t0 = time.perf_counter()
+                a, c_sde = sde_moments(g_c, g_u, gamma, karras(args.fkc_steps), args.fkc_eta)
+                w2 = w2_gaussian(a, c_sde, m, cov)
+                rec.add({**base, **exact, "W2": r4(w2), "W2 debiased": r4(w2), "ratio to CFG": r4(w2 / cfg_row["W2"]),
+                         "SW2": r4(sliced(draw(a, c_sde, n, gen))), "NFE": 2 * args.fkc_steps,
+                         "seconds": round(time.perf_counter() - t0, 1)})
+                print(f"tilt d={d} γ={gamma} K=1 exact moments (eta {args.fkc_eta:g}, {args.fkc_steps} steps): "
+                      f"W2 {w2:.4f} ({w2 / cfg_row['W2']:.1%} of CFG)", flush=True)
             runs = [("FKC", k, "sample") for k in args.ks]
             if d < 784:                     # at d = 64 one population's genealogy already collapses (see the notes)
                 runs += [("FKC, one population", k, "batch") for k in args.batch_ks]
-            fkc = dict(eta=args.fkc_eta, selection=args.selection, **{"sde steps": args.fkc_steps})
             for method, k, population in runs:
                 if rec.get(**key, method=method, K=k, **fkc) is not None:
                     continue
@@ -719,6 +766,9 @@ def main(argv=None) -> int:
                     help="tilt: FKC's resampling probabilities, smc.sample(selection=) (default: loo)")
     ap.add_argument("--chunk", type=int, default=0, help="tilt: run FKC cells in parts of this many samples (seeds "
                     "K + 1000·i), each cached as it finishes so that a long cell resumes (default: 0, one run)")
+    ap.add_argument("--sde-moments", action=argparse.BooleanOptionalAction, default=True,
+                    help="tilt: a row with the exact moments of FKC with one particle (the guided SDE alone; d³ work "
+                         "per step, minutes at d = 784) for each setting (default: on)")
     ap.add_argument("--ess-threshold", type=float, default=1.0, help="tilt: FKC resampling threshold (default: 1, "
                     "every step)")
     ap.add_argument("--floor-reps", type=int, default=3, help="tilt: replicates of the floor and the bias (default 3)")
@@ -764,7 +814,7 @@ def main(argv=None) -> int:
         if any(d not in (2, 64, 784) for d in args.dims):
             raise ValueError(f"--dims must be among 2, 64, 784; got {args.dims}")
         args.gammas = parse_list(args.gammas, float, "--gammas")
-        args.ks = parse_list(args.ks, int, "--ks")
+        args.ks = parse_list(args.ks, int, "--ks") if args.ks.strip() else []
         args.batch_ks = parse_list(args.batch_ks, int, "--batch-ks") if args.batch_ks.strip() else []
         args.gmm_dims = parse_list(args.gmm_dims, int, "--gmm-dims")
         if any(d < 2 or d % 2 for d in args.gmm_dims):
@@ -867,7 +917,10 @@ TILT_NOTES = (
     " mass pi_c, so Σ_u ⪰ pi_c Σ_c and the precision ⪰ (γ − (γ − 1)/pi_c)Λ_c is positive definite (pi_c > (γ − "
     "1)/γ); 'tilt precision cond' is its λ_min/λ_max. With the plain pooled fit (second table) it is indefinite "
     "for every class at both γ at d = 64 and 784. 'FKC, one population': all n·K particles form one population "
-    "(population='batch'), at d = 2 and 64 only. CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map "
+    "(population='batch'), at d = 2 and 64 only. 'FKC, K = 1 (exact moments)': the law of FKC with one particle "
+    "(the guided SDE alone, no weights) at the row's eta and sde steps, computed without sampling (sde_moments: "
+    "each DPM-Solver++(2M) SDE step is affine in (x, previous D) plus Gaussian noise), so its W2 carries no "
+    "sampling error (its SW2 is from n draws of that Gaussian). CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map "
     "of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE with the "
     "row's eta on a Karras grid of the row's 'sde steps' (σ 80 → 0.002), resampling and the final draw with the "
     "row's selection ('plain': w_k / Σ w; 'loo': leave-one-out w_k / Σ_(j≠k) w_j; in this record eta 1, 3, 10 "

@@ -347,3 +347,30 @@ def test_one_closed_form_for_gaussian_precond_and_wiener():
     for out in (g(x, sigma), precond.gaussian_denoiser(x, sigma.reshape(-1, 1, 1, 1)), wiener(x, sigma),
                 gaussian_denoiser(x.reshape(5, 9), sigma.reshape(-1, 1) ** 2, mu, g.eigvals_, g.eigvecs_).reshape(x.shape)):
         torch.testing.assert_close(out, dense, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("sigma", [0.0, 0.3, 5.0])
+def test_one_sigma_for_a_large_batch_uses_the_matrix_and_agrees(case, sigma):
+    """With one σ for a batch larger than d, eigen_apply applies c I + U diag(g − c) Uᵀ as one d × d matrix; it
+    equals the dense float64 solve μ + Σ(Σ + σ²I)⁻¹(x − μ) (σ = 0: the projection onto the support), and the
+    per-row σ path of the same batch."""
+    from scorelab.models.gaussian import eigen_apply
+
+    g = random_gaussian(**CASES[case])
+    d = g.dim
+    x = torch.randn(8 * d, *g.shape_, generator=torch.Generator().manual_seed(4), dtype=F64)
+    cov = g.cov_
+    lhs = cov + sigma ** 2 * torch.eye(d, dtype=F64)
+    z = x.reshape(8 * d, d) - g.mean_.reshape(1, -1)
+    want = g.mean_.reshape(1, -1) + z @ torch.linalg.lstsq(lhs, cov).solution.T if sigma > 0 else None
+    out = g(x, torch.full((8 * d,), sigma, dtype=F64)).reshape(8 * d, d)
+    if want is not None:
+        torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    gain = torch.rand(1, g.eigvals_.numel(), dtype=F64)
+    factored = eigen_apply(z[:2], g.eigvecs_, gain, 0.4 if g._has_residual else None)     # two products (B = 2)
+    matrix = eigen_apply(z, g.eigvecs_, gain, 0.4 if g._has_residual else None)[:2]     # one matrix (B = 8d; factored again for rank 5 of 16, where it is cheaper)
+    torch.testing.assert_close(matrix, factored, rtol=1e-12, atol=1e-12)
+    rows = torch.full((8 * d,), sigma, dtype=F64)
+    rows[0] = sigma + 1.0                          # σ differs in one row: the per-row path for the whole batch
+    torch.testing.assert_close(g(x, rows)[1:].reshape(-1, d), out[1:], rtol=1e-10, atol=1e-10)
