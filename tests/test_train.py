@@ -384,8 +384,11 @@ def test_short_runs_match_the_loop_before_the_split(name, monkeypatch):
     model = train(data, labels=labels, progress=False, log_every=1, **opts)
     np.testing.assert_allclose(seen, losses, rtol=0, atol=1e-6)
     p = torch.cat([v.double().reshape(-1) for v in model.state_dict().values()])
-    assert math.isclose(float(p.sum()), w_sum, rel_tol=1e-7) and math.isclose(float((p ** 2).sum()), w_sum_sq,
-                                                                               rel_tol=1e-7)
+    # 1e-5: the U-Net's float32 convolutions round differently on different CPUs (oneDNN picks its kernels by the
+    # instruction set), 1e-6 of the weights' sum after five steps on an AMD EPYC against the pinned machine's
+    tol = 1e-5 if name == "unet_dropout" else 1e-7
+    assert math.isclose(float(p.sum()), w_sum, rel_tol=tol) and math.isclose(float((p ** 2).sum()), w_sum_sq,
+                                                                             rel_tol=tol)
     with torch.no_grad():
         np.testing.assert_allclose(model(data[:2], 0.7).double().reshape(-1)[:4].numpy(), out, rtol=0, atol=1e-6)
 
