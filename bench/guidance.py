@@ -63,7 +63,7 @@ import torch
 import scorelab as sl
 from scorelab import inverse, smc
 from scorelab.metrics.frechet import frechet_distance
-from scorelab.models.gaussian import shrinkage
+from scorelab.models.gaussian import one_row, shrinkage
 
 from . import record
 from .common import add_output_arguments, fashion_mnist, show
@@ -244,7 +244,8 @@ def sde_moments(g_c, g_u, gamma, sigmas, eta: float):
     """Exact (mean, covariance) of what FKC with one particle returns (`smc.sample(smc.cfg(...), particles=1)`:
     DPM-Solver++(2M) SDE with noise `eta` on the CFG denoiser D = b_i + M_i x, from x_0 ~ N(0, σ_0² I)), float64.
     Each step is affine in (x, D_prev) plus Gaussian noise, so the moments of that pair follow exactly:
-    x' = A x − c p + …, p' = M x + b, A = α I + (1 − e^(−(1+η)h) + c) M, with the solver's α, c and noise s²."""
+    x' = A x − c p + …, p' = M x + b, A = α I + (1 − e^(−(1+η)h) + c) M, with the solver's α, c and noise
+    s² I."""
     f64 = dict(dtype=torch.float64)
     d = g_c.mean_.numel()
     guided = sl.guidance.cfg(g_c.to(**f64), gamma, uncond=g_u.to(**f64))
@@ -283,9 +284,7 @@ class DiagonalGaussian:
         self.eigvals_ = torch.as_tensor(eigvals).reshape(-1).to(device=device, dtype=dtype)
 
     def __call__(self, x, sigma, **cond):
-        s2 = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1) ** 2
-        if s2.shape[0] > 1 and bool((s2 == s2[:1]).all()):
-            s2 = s2[:1]                             # one σ for the batch: a [1, d] gain
+        s2 = one_row(torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1) ** 2)
         return self.mean_ + shrinkage(self.eigvals_, s2) * (x - self.mean_)
 
 
@@ -387,8 +386,7 @@ def run_tilt(args, rec: Record):
                                    "SW2": r4(sliced(draw(a, c_cfg, n, gen))),
                                    "NFE": 2 * steps - 1, "seconds": round(time.perf_counter() - t0, 1)})
             fkc = dict(eta=args.fkc_eta, selection=args.selection, **{"sde steps": args.fkc_steps})
-            exact = dict(method="FKC, K = 1 (exact moments)", K=1, eta=args.fkc_eta, selection=None,
-                         **{"sde steps": args.fkc_steps})
+            exact = {**fkc, "method": "FKC, K = 1 (exact moments)", "K": 1, "selection": None}   # any selection
             if args.sde_moments and rec.get(**key, **exact) is None:
                 # one particle is the guided SDE alone: affine in the noise, its law is known without sampling
                 t0 = time.perf_counter()
@@ -920,9 +918,10 @@ TILT_NOTES = (
     "(population='batch'), at d = 2 and 64 only. 'FKC, K = 1 (exact moments)': the law of FKC with one particle "
     "(the guided SDE alone, no weights) at the row's eta and sde steps, computed without sampling (sde_moments: "
     "each DPM-Solver++(2M) SDE step is affine in (x, previous D) plus Gaussian noise), so its W2 carries no "
-    "sampling error (its SW2 is from n draws of that Gaussian). CFG: Heun on D_u + γ(D_c − D_u), exact moments (an affine map "
-    "of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), DPM-Solver++(2M) SDE with the "
-    "row's eta on a Karras grid of the row's 'sde steps' (σ 80 → 0.002), resampling and the final draw with the "
+    "sampling error (its SW2 is from n draws of that Gaussian). CFG: Heun on D_u + γ(D_c − D_u), exact moments "
+    "(an affine map of the initial noise). FKC: scorelab.smc.sample(smc.cfg(g_c, γ, uncond=g_u)), "
+    "DPM-Solver++(2M) SDE with the row's eta on a Karras grid of the row's 'sde steps' (σ 80 → 0.002), resampling "
+    "and the final draw with the "
     "row's selection ('plain': w_k / Σ w; 'loo': leave-one-out w_k / Σ_(j≠k) w_j; in this record eta 1, 3, 10 "
     "and 30 ran on 64, 128, 512 and 1,024 steps), one "
     "population of K particles per sample, resampled at every step (ess_threshold 1), float32, run in the "

@@ -359,8 +359,7 @@ def gaussian_denoiser(x: torch.Tensor, sigma2: torch.Tensor, mean: torch.Tensor,
     computed in the inputs' dtype. At σ = 0 each ratio takes its σ → 0⁺ limit (1 where the variance is > 0,
     0 where it is 0), so the result is the projection of x onto the Gaussian's support, never 0/0. Used by
     `Gaussian`, the Gaussian skip of `nets.precond.EDMPrecond` and `models.local_wiener.Wiener`'s linear mode."""
-    if sigma2.ndim == 2 and sigma2.shape[0] > 1 and bool((sigma2 == sigma2[:1]).all()):
-        sigma2 = sigma2[:1]                       # one σ for the batch (samplers): gains [1, r], not [B, r]
+    sigma2 = one_row(sigma2)                      # one σ for the batch (samplers): gains [1, r], not [B, r]
     coef_res = None if residual_var is None else shrinkage(residual_var, sigma2)
     return mean + eigen_apply(x - mean, eigvecs, shrinkage(eigvals, sigma2), coef_res)
 
@@ -372,8 +371,7 @@ def eigen_apply(z: torch.Tensor, u: torch.Tensor, coef_eig: torch.Tensor, coef_r
     the d × d matrix, 2 d² r flops, plus one product, 2 B d², against two products, 4 B d r), it applies the
     matrix M = c I + U diag(coef_eig − c) Uᵀ (c = coef_res, or 0) instead: the same map, half the work at r = d."""
     d, r = u.shape[-2:]
-    if (z.ndim == 2 and u.ndim == 2 and coef_eig.ndim <= 2 and coef_eig.reshape(-1, r).shape[0] == 1
-            and d * (r + z.shape[0]) < 2 * z.shape[0] * r):
+    if z.ndim == 2 and u.ndim == 2 and coef_eig.numel() == r and d * (r + z.shape[0]) < 2 * z.shape[0] * r:
         gain = coef_eig.reshape(1, r)
         if coef_res is None:
             return z @ ((u * gain) @ u.T)
@@ -386,6 +384,14 @@ def eigen_apply(z: torch.Tensor, u: torch.Tensor, coef_eig: torch.Tensor, coef_r
     if coef_res is not None:
         out = out + coef_res * (z - c @ u.T)
     return out
+
+
+def one_row(col: torch.Tensor) -> torch.Tensor:
+    """A [B, 1] column of per-sample values (σ²) as its first row [1, 1] when all B rows are equal, else as it is:
+    gains computed from it are then one row for the batch."""
+    if col.ndim == 2 and col.shape[0] > 1 and bool((col == col[:1]).all()):
+        return col[:1]
+    return col
 
 
 def shrinkage(var, s2: torch.Tensor) -> torch.Tensor:
